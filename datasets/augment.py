@@ -1,0 +1,204 @@
+"""One augmentation spec and its CPU (torch) implementation.
+
+The spec is shared with the DALI pipeline (datasets/dali.py), so this docstring is the
+definition. Notation: S = input size, U[a, b] uniform, U{a..b} uniform integer, all draws
+independent per image (speckle: per pixel). An op whose field is at its default is skipped,
+so the default spec gives exactly `to_input(img, S) / 255`.
+
+ 0. x = to_input(img, S): centre crop / pad to S×S (uint8). Padding replicates the edge
+    pixels (inputs are 54–60 px, so at most a few px per side): output row r is input row
+    clamp(r + floor((H − S)/2), 0, H − 1), likewise columns (an odd excess is cropped from the
+    bottom/right, an odd shortfall padded at the top/left).
+ 1. rotate="right": k ~ U{0..3}, x = rot90(x, k) (exact, counter-clockwise).
+ 2. hflip: with p = ½ mirror left↔right. Then vflip: with p = ½ mirror top↔bottom (exact).
+ 3. One affine warp, bilinear, only if crop_scale ≠ (1, 1), rotate="free" or translate > 0.
+    Composed in this order (forward, coordinates in px relative to the image centre):
+      a. crop: area fraction a ~ U[crop_scale[0], crop_scale[1]]; a square window of side
+         c = √a·S (aspect ratio 1: length/width ratios are the class signal), centre offset
+         (ox, oy) each ~ U[−(S−c)/2, (S−c)/2] (window inside the image), zoomed by S/c to S×S.
+      b. rotate="free": angle θ ~ U[0°, 360°) about the centre.
+      c. translate: (tx, ty) each ~ U{−translate..translate} px.
+    Inverse map used for sampling: p_in = o + (c/S)·R(−θ)·(p_out − t).
+    Pixels sampled from outside the image take the fill value m = median of the image's outer
+    1-px ring (computed after step 2), blended bilinearly at the edge; implemented as
+    warp(x − m, fill 0) + m. So rotated corners carry no black wedges that give the angle away.
+ 4. x = x / 255 as float32 (in [0, 1]; steps 3–6 work in float).
+ 5. brightness: x = x·b, b ~ U[1−brightness, 1+brightness].
+    contrast:   x = (x − μ)·k + μ, μ = mean of this image after brightness, k ~ U[1−contrast, 1+contrast].
+ 6. speckle: x = x·g per pixel, g ~ Gamma(shape L, scale 1/L), L = 1/speckle² (mean 1, std speckle).
+ 7. clamp to [0, 1] (once, at the end). Normalisation (mean/std) happens in the stream.
+All randomness comes from the torch.Generator passed in.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
+
+ROTATIONS = ("none", "free", "right")
+
+
+@dataclass
+class AugmentSpec:
+    rotate: str = "none"          # none | free (uniform angle) | right (multiples of 90°)
+    hflip: bool = False
+    vflip: bool = False
+    crop_scale: tuple[float, float] = (1.0, 1.0)   # random resized crop, area fraction
+    translate: int = 0            # max shift in px (each axis)
+    speckle: float = 0.0          # multiplicative noise: x * g, g ~ Gamma(L, 1/L), std = speckle
+    brightness: float = 0.0       # factor uniform in [1-b, 1+b]
+    contrast: float = 0.0         # factor uniform in [1-c, 1+c]
+
+    def __post_init__(self) -> None:
+        if self.rotate not in ROTATIONS:
+            raise ValueError(f"augment: rotate must be one of {ROTATIONS}, got {self.rotate!r}")
+        lo, hi = (float(v) for v in self.crop_scale)
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(f"augment: crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
+        self.crop_scale = (lo, hi)
+        if int(self.translate) != self.translate or self.translate < 0:
+            raise ValueError(f"augment: translate must be an integer >= 0, got {self.translate}")
+        self.translate = int(self.translate)
+        for name in ("speckle", "brightness", "contrast"):
+            value = float(getattr(self, name))
+            if not 0.0 <= value <= (5.0 if name == "speckle" else 1.0):
+                raise ValueError(f"augment: {name} out of range, got {value}")
+            setattr(self, name, value)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "AugmentSpec":
+        """Build from a recipe mapping (None = no augmentation); unknown keys raise ValueError."""
+        d = dict(d or {})
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(d) - set(valid))
+        if unknown:
+            raise ValueError(f"augment: unknown key(s) {unknown}, valid keys: {valid}")
+        return cls(**d)
+
+    @property
+    def warps(self) -> bool:
+        return self.crop_scale != (1.0, 1.0) or self.rotate == "free" or self.translate > 0
+
+
+def to_input(img: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 [1,H,W] -> centre crop / edge-replicate pad to uint8 [1,S,S]."""
+    h, w = img.shape[-2:]
+    if h == size and w == size:
+        return img
+    rows = (torch.arange(size) + (h - size) // 2).clamp_(0, h - 1)
+    cols = (torch.arange(size) + (w - size) // 2).clamp_(0, w - 1)
+    return img[:, rows[:, None], cols[None, :]]
+
+
+def augment(img: torch.Tensor, spec: AugmentSpec, size: int, gen: torch.Generator) -> torch.Tensor:
+    """uint8 [1,H,W] -> float32 [1,S,S] in [0,1] (normalisation happens in the stream)."""
+    return augment_batch(to_input(img, size)[None], spec, gen)[0]
+
+
+def augment_batch(x: torch.Tensor, spec: AugmentSpec, gen: torch.Generator) -> torch.Tensor:
+    """uint8 [B,1,S,S] (already to_input) -> float32 [B,1,S,S] in [0,1]; steps 1–7 of the spec,
+    batched with per-image parameters (one warp for the whole batch, no per-image Python)."""
+    n = x.shape[0]
+    if spec.rotate == "right":
+        k = torch.randint(0, 4, (n,), generator=gen)
+        x = x.clone()
+        for turns in (1, 2, 3):
+            sel = k == turns
+            if sel.any():
+                x[sel] = torch.rot90(x[sel], turns, (-2, -1))
+    for enabled, flip in ((spec.hflip, TF.horizontal_flip), (spec.vflip, TF.vertical_flip)):
+        if enabled:
+            sel = torch.rand(n, generator=gen) < 0.5
+            x = torch.where(sel[:, None, None, None], flip(x), x)
+    out = _warp(x, spec, gen) if spec.warps else x.float().div_(255.0)
+    if spec.brightness > 0:
+        out.mul_(_uniform(n, spec.brightness, gen)[:, None, None, None])
+    if spec.contrast > 0:
+        mean = out.mean(dim=(1, 2, 3), keepdim=True)
+        out.sub_(mean).mul_(_uniform(n, spec.contrast, gen)[:, None, None, None]).add_(mean)
+    if spec.speckle > 0:
+        out.mul_(gamma_noise(out.shape, 1.0 / spec.speckle ** 2, gen))
+    return out.clamp_(0.0, 1.0)
+
+
+def _uniform(n: int, half_width: float, gen: torch.Generator) -> torch.Tensor:
+    return 1.0 + (torch.rand(n, generator=gen) * 2.0 - 1.0) * half_width
+
+
+def border_median(x: torch.Tensor) -> torch.Tensor:
+    """Median of each image's outer 1-px ring: [B,C,S,S] -> [B] (same dtype)."""
+    ring = torch.cat([x[..., 0, :], x[..., -1, :], x[..., 1:-1, 0], x[..., 1:-1, -1]], dim=-1)
+    return ring.flatten(1).median(dim=1).values
+
+
+def _warp(x: torch.Tensor, spec: AugmentSpec, gen: torch.Generator) -> torch.Tensor:
+    """Step 3 + 4: one bilinear affine warp per image, fill = border median; returns float [0,1]."""
+    n, _, size, _ = x.shape
+    lo, hi = spec.crop_scale
+    side = torch.sqrt(lo + (hi - lo) * torch.rand(n, generator=gen))        # c/S, in (0, 1]
+    offset = (torch.rand(n, 2, generator=gen) * 2 - 1) * (1 - side)[:, None]  # normalised units
+    if spec.rotate == "free":
+        theta = torch.rand(n, generator=gen) * (2 * math.pi)
+    else:
+        theta = torch.zeros(n)
+    if spec.translate > 0:
+        shift = torch.randint(-spec.translate, spec.translate + 1, (n, 2), generator=gen).float()
+        shift = shift * (2.0 / size)                                          # px -> normalised
+    else:
+        shift = torch.zeros(n, 2)
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    # A = (c/S)·R(−θ); affine_grid maps output -> input in normalised [-1, 1] coordinates.
+    a = torch.stack([torch.stack([cos, sin], 1), torch.stack([-sin, cos], 1)], 1) * side[:, None, None]
+    b = offset - torch.einsum("nij,nj->ni", a, shift)
+    matrix = torch.cat([a, b[:, :, None]], dim=2)
+    xf = x.float().div_(255.0)
+    fill = border_median(xf)[:, None, None, None]
+    grid = _affine_grid(matrix, size)
+    out = F.grid_sample(xf - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.add_(fill)
+
+
+def _affine_grid(matrix: torch.Tensor, size: int) -> torch.Tensor:
+    """F.affine_grid(matrix, [B,1,S,S], align_corners=False) by broadcasting (several times faster)."""
+    pos = (torch.arange(size, dtype=torch.float32) * 2 + 1) / size - 1   # pixel centres in [-1, 1]
+    xs, ys = pos[None, None, :], pos[None, :, None]
+    m = matrix[:, :, :, None, None]                                     # [B,2,3,1,1]
+    grid = m[:, :, 0] * xs + m[:, :, 1] * ys + m[:, :, 2]               # [B,2,S,S]
+    return grid.permute(0, 2, 3, 1)
+
+
+def gamma_noise(shape: torch.Size | tuple[int, ...], shape_l: float, gen: torch.Generator) -> torch.Tensor:
+    """Gamma(L, 1/L) samples (mean 1, var 1/L) from `gen` (Marsaglia–Tsang; torch's own
+    gamma sampler takes no generator). Vectorised: the cheap squeeze test accepts ~98%,
+    only the rest get the log test or a redraw."""
+    count = math.prod(shape)
+    alpha = shape_l + 1.0 if shape_l < 1.0 else shape_l
+    d = alpha - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    out = torch.empty(count)
+    todo = None                                     # None = all positions
+    while todo is None or todo.numel():
+        k = count if todo is None else todo.numel()
+        z = torch.randn(k, generator=gen)
+        u = torch.rand(k, generator=gen)
+        v = z.mul(c).add_(1.0)
+        v = v * v * v
+        z2 = z.mul_(z)
+        ok = (v > 0) & (u < 1.0 - 0.0331 * z2 * z2)
+        unsure = (~ok).nonzero().squeeze(1)
+        if unsure.numel():
+            vv, zz = v[unsure], z2[unsure]
+            ok[unsure] = (vv > 0) & (torch.log(u[unsure]) < 0.5 * zz + d - d * vv + d * torch.log(vv.clamp_min(1e-12)))
+        v.mul_(d)
+        if todo is None:
+            out = v
+            todo = (~ok).nonzero().squeeze(1)
+        else:
+            out[todo[ok]] = v[ok]
+            todo = todo[~ok]
+    if shape_l < 1.0:  # Gamma(L) = Gamma(L+1)·U^(1/L)
+        out.mul_(torch.rand(count, generator=gen).pow_(1.0 / shape_l))
+    return out.div_(shape_l).reshape(shape)

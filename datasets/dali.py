@@ -1,0 +1,195 @@
+"""DaliStream: the balanced (or any) sampling stream decoded and augmented by DALI.
+
+Same iterable-of-batches interface as `datasets.stream.ShardStream`. The sampler
+(`epoch_plan` + `rank_batches`) picks the sample ids of every batch; an `external_source`
+callback reads their PNG bytes through `SampleReader` and draws the per-sample augmentation
+parameters in numpy (see `datasets.dali_ops`); DALI decodes (`device='mixed'` on a GPU) and
+augments; batches come out as torch tensors on this process's GPU, or on the CPU in DALI's
+CPU mode (`device_id=None`). Nothing is written to disk: every epoch draws a fresh set.
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+from collections import deque
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from nvidia.dali import Pipeline, fn, types
+from nvidia.dali.plugin.pytorch.torch_utils import to_torch_tensor
+
+from datasets.augment import AugmentSpec
+from datasets.dali_ops import PARAM_TYPES, augment_graph, draw_params, used_params
+from datasets.sampling import SamplingSpec, check_spec, epoch_plan, rank_batches
+from shards.access import SampleReader
+from shards.errors import DataError
+from shards.index import ClassIndex
+
+_PARAM_SALT = 0xDA11
+_DTYPES = {torch.float32: types.FLOAT, torch.float16: types.FLOAT16, torch.bfloat16: types.FLOAT}
+
+
+def resolve_device(device: str, where: str) -> str:
+    """'auto' -> 'gpu' when CUDA is usable, else 'cpu'; 'gpu' without CUDA is an error."""
+    if device not in ("auto", "cpu", "gpu"):
+        raise DataError(f"{where}: device must be auto, cpu or gpu, got {device!r}")
+    if device == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if device == "gpu" and not torch.cuda.is_available():
+        raise DataError(f"{where}: device='gpu' asked for, but CUDA is not available")
+    return device
+
+
+def local_gpu() -> int:
+    """This process's GPU: LOCAL_RANK as set by accelerate/torchrun, else torch's current device."""
+    return int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))
+
+
+class DaliStream:
+    """Iterable of (images [B,1,S,S], labels int64 [B], ids int64 [B]) batches for one rank."""
+
+    def __init__(self, root, split: str, *, batch_size: int, sampling: SamplingSpec,
+                 augment: AugmentSpec | None, input_size: int = 56, seed: int = 0,
+                 rank: int = 0, world: int = 1, total_epochs: int = 1, device: str = "auto",
+                 dtype: torch.dtype = torch.float32, channels_last: bool = False,
+                 num_threads: int = 2) -> None:
+        index = ClassIndex.load(root)
+        self._split = index.split(split)
+        where = str(Path(root) / "index.json")
+        if dtype not in _DTYPES:
+            raise DataError(f"{where}: dtype must be float32, float16 or bfloat16, got {dtype}")
+        norm = index.splits.get("train", self._split)
+        self._mean, self._std = float(norm.pixel_mean), float(norm.pixel_std)
+        self.classes: list[str] = list(index.classes)
+        self.class_counts: np.ndarray = self._split.class_counts()
+        check_spec(self.class_counts, sampling)     # an empty requested class fails here, not mid-run
+        self.batch_size, self.sampling = batch_size, sampling
+        self.augment = augment or AugmentSpec()
+        self.input_size, self.seed = input_size, seed
+        self.rank, self.world, self.total_epochs = rank, world, total_epochs
+        self.device = resolve_device(device, where)
+        self.dtype, self.channels_last, self.num_threads = dtype, channels_last, num_threads
+        self._reader = SampleReader(self._split)
+        self.set_epoch(0)
+
+    # -- position in the stream --------------------------------------------------------
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch (its sample plan) and the batch to start from (resume mid-epoch)."""
+        plan = epoch_plan(self._split.labels, self.sampling, epoch=epoch,
+                          total_epochs=self.total_epochs, seed=self.seed)
+        batches = rank_batches(plan, self.batch_size, self.rank, self.world)
+        if not 0 <= start_batch <= len(batches):
+            raise DataError(f"{self._split.root}: start_batch {start_batch} outside 0..{len(batches)} "
+                            f"for epoch {epoch}")
+        self.epoch, self._batches, self.position = epoch, batches, start_batch
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def state_dict(self) -> dict:
+        """Epoch and number of batches already delivered; load_state_dict continues after them."""
+        return {"epoch": self.epoch, "batch": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.set_epoch(int(state["epoch"]), int(state["batch"]))
+
+    # -- iteration ---------------------------------------------------------------------
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        todo = list(range(self.position, len(self._batches)))
+        if not todo:
+            return
+        in_flight: deque[int] = deque()      # batch numbers handed to DALI, not yet delivered
+        pipe = self._build(todo, in_flight)
+        try:
+            for _ in todo:
+                try:
+                    (images,) = pipe.run()
+                except StopIteration:
+                    break
+                except RuntimeError as err:
+                    raise self._decode_error(list(in_flight), err) from None
+                number = in_flight.popleft()
+                ids = torch.from_numpy(self._batches[number])
+                labels = torch.from_numpy(self._split.labels[self._batches[number]].astype(np.int64))
+                out = self._to_torch(images, pipe)
+                self.position = number + 1
+                yield out, labels.to(out.device), ids.to(out.device)
+        finally:
+            del pipe
+
+    def _source(self, todo: list[int], in_flight: deque):
+        """external_source callback: bytes and parameters of the i-th batch still to do."""
+        names = used_params(self.augment)
+
+        def feed(info):
+            if info.iteration >= len(todo):
+                raise StopIteration
+            number = todo[info.iteration]
+            ids = self._batches[number]
+            data = [np.frombuffer(self._reader.read(int(i)), dtype=np.uint8) for i in ids]
+            rng = np.random.default_rng([self.seed, self.epoch, self.rank, number, _PARAM_SALT])
+            params = draw_params(self.augment, self._split.height[ids], self._split.width[ids],
+                                 self.input_size, rng)
+            in_flight.append(number)
+            return (data, *params.columns(names))
+        return feed
+
+    def _build(self, todo: list[int], in_flight: deque) -> Pipeline:
+        gpu = self.device == "gpu"
+        largest = max(len(self._batches[n]) for n in todo)
+        pipe = Pipeline(batch_size=max(self.batch_size, largest), num_threads=self.num_threads,
+                        device_id=local_gpu() if gpu else None, seed=self.seed,
+                        prefetch_queue_depth=2)
+        names = used_params(self.augment)
+        with pipe:
+            encoded, *columns = fn.external_source(
+                source=self._source(todo, in_flight), num_outputs=1 + len(names), batch=True,
+                batch_info=True, dtype=[types.UINT8] + [PARAM_TYPES[n] for n in names])
+            params = dict(zip(names, columns))
+            image = fn.decoders.image(encoded, device="mixed" if gpu else "cpu", output_type=types.GRAY)
+            x = augment_graph(image, params, self.augment, self.input_size, self.seed,
+                              "gpu" if gpu else "cpu")
+            out = fn.crop_mirror_normalize(x, mean=self._mean * 255.0, std=self._std * 255.0,
+                                           dtype=_DTYPES[self.dtype], output_layout="CHW")
+            pipe.set_outputs(out)
+        pipe.build()
+        return pipe
+
+    def _to_torch(self, images, pipe: Pipeline) -> torch.Tensor:
+        tensor = images.as_tensor()
+        if self.device == "gpu":
+            with torch.device("cuda", pipe.device_id):
+                out = to_torch_tensor(tensor, copy=not pipe.exec_dynamic)
+        else:
+            out = to_torch_tensor(tensor, copy=not pipe.exec_dynamic)
+        if out.dtype != self.dtype:
+            out = out.to(self.dtype)
+        if self.channels_last:
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out
+
+    def _decode_error(self, numbers: list[int], err: RuntimeError) -> Exception:
+        """Map a DALI failure back to the shard and key of the sample that does not decode."""
+        from PIL import Image
+
+        first_line = next((line for line in str(err).splitlines() if "decode" in line.lower()), "")
+        for number in numbers:
+            for i in self._batches[number]:
+                data = self._reader.read(int(i))
+                try:
+                    with Image.open(io.BytesIO(data)) as im:
+                        im.load()
+                except Exception as exc:  # PIL raises several types for broken files
+                    return self._sample_error(int(i), f"does not decode as an image ({exc})")
+        match = re.search(r"sample #(\d+)", first_line)
+        if numbers and match and int(match.group(1)) < len(self._batches[numbers[0]]):
+            return self._sample_error(int(self._batches[numbers[0]][int(match.group(1))]),
+                                      f"does not decode as an image ({first_line.strip()})")
+        return err
+
+    def _sample_error(self, i: int, what: str) -> DataError:
+        shard = self._split.shard_path(int(self._split.shard[i]))
+        return DataError(f"{shard}: sample {self._split.keys[i]} {what}")

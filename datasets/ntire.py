@@ -1,0 +1,36 @@
+"""The NTIRE 2021 SAR track: class names, training counts and the raw folder layout."""
+from __future__ import annotations
+
+import re
+from os import PathLike
+from pathlib import PurePath
+
+from shards.errors import DataError
+
+CLASS_NAMES: tuple[str, ...] = (
+    "sedan", "SUV", "pickup truck", "van", "box truck", "motorcycle",
+    "flatbed truck", "bus", "pickup truck with trailer", "semi truck with trailer",
+)
+NTIRE_TRAIN_COUNTS: tuple[int, ...] = (234209, 28089, 15301, 10655, 1741, 852, 828, 624, 840, 633)
+NTIRE_TEST_PER_CLASS = 77          # the dev set: 770 = 10 x 77 chips (believed balanced)
+
+# Raw layout: TRAIN_IMAGES/<class>/SAR_<id>.png, TEST_IMAGES/SAR_<id>.png, TEST_LABELS beside them.
+TRAIN_IMAGES = "train_images"
+TEST_IMAGES = "test_images"
+TEST_LABELS = "test_labels.csv"    # header `image_id,class_id` (also the results.csv format)
+CHIP_SIDE_RANGE = (54, 60)         # min/max chip side in px, inclusive
+
+_SAR_NAME = re.compile(r"SAR_(\d+)\.png")
+
+
+def is_sar_chip(name: str | PathLike[str]) -> bool:
+    """True for `SAR_<digits>.png` (EO chips and anything else are not SAR chips)."""
+    return _SAR_NAME.fullmatch(PurePath(name).name) is not None
+
+
+def image_id(path_or_name: str | PathLike[str]) -> int:
+    """The number in `SAR_<id>.png`, as used in results.csv."""
+    match = _SAR_NAME.fullmatch(PurePath(path_or_name).name)
+    if match is None:
+        raise DataError(f"{path_or_name}: not a SAR chip name, expected SAR_<id>.png")
+    return int(match.group(1))

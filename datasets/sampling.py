@@ -1,0 +1,171 @@
+"""Which samples an epoch visits, in which order, and how they split over ranks.
+
+Everything here is a pure function of its arguments (numpy only), so every rank computes the
+same global plan and takes its own share of it without talking to the others.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from shards.errors import DataError
+
+KINDS = ("instance", "class", "sqrt", "power", "progressive", "sequential")
+_FIXED_Q = {"instance": 1.0, "class": 0.0, "sqrt": 0.5, "sequential": 1.0}
+
+
+@dataclass
+class SamplingSpec:
+    kind: str = "instance"        # instance (q=1) | class (q=0) | sqrt (q=1/2) | power (q given) | progressive | sequential
+    q: float | None = None        # for kind=power
+    classes: list[int] | None = None   # class filter; None = all classes
+    per_class: int | None = None  # fixed count per class per epoch, with replacement where a class is smaller
+    epoch_size: int | None = None # samples per epoch for weighted kinds (default: samples after the filter)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise DataError(f"sampling: unknown kind {self.kind!r}, expected one of {', '.join(KINDS)}")
+        if self.kind == "power" and self.q is None:
+            raise DataError("sampling: kind 'power' needs q")
+        if self.q is not None and self.kind != "power":
+            raise DataError(f"sampling: q is only used with kind 'power', not {self.kind!r}")
+        if self.per_class is not None and self.per_class < 1:
+            raise DataError(f"sampling: per_class must be >= 1, got {self.per_class}")
+        if self.epoch_size is not None and self.epoch_size < 1:
+            raise DataError(f"sampling: epoch_size must be >= 1, got {self.epoch_size}")
+        if self.per_class is not None and self.epoch_size is not None:
+            raise DataError("sampling: give per_class or epoch_size, not both")
+        if self.kind == "sequential" and (self.per_class is not None or self.epoch_size is not None):
+            raise DataError("sampling: kind 'sequential' visits every sample once; per_class/epoch_size do not apply")
+        if self.classes is not None:
+            self.classes = sorted({int(c) for c in self.classes})
+            if not self.classes or self.classes[0] < 0:
+                raise DataError(f"sampling: class filter must list class ids >= 0, got {self.classes}")
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "SamplingSpec":
+        """Build from a recipe mapping; unknown keys raise DataError listing the valid ones."""
+        d = dict(d or {})
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(d) - set(valid))
+        if unknown:
+            raise DataError(f"sampling: unknown key(s) {unknown}, valid keys: {valid}")
+        return cls(**d)
+
+
+def class_weights(counts: np.ndarray, q: float) -> np.ndarray:
+    """p_j ∝ n_j^q, 0 for empty/filtered classes (pass filtered classes with count 0)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    w = np.where(counts > 0, np.power(np.maximum(counts, 1.0), q), 0.0)
+    total = w.sum()
+    if total <= 0:
+        raise DataError("sampling: no class has any samples to draw from")
+    return w / total
+
+
+def _filtered_counts(counts: np.ndarray, spec: SamplingSpec) -> np.ndarray:
+    """Counts with the classes outside the filter set to 0; a requested empty class is an error."""
+    counts = np.asarray(counts, dtype=np.int64)
+    if spec.classes is None:
+        if spec.per_class is not None:
+            empty = np.flatnonzero(counts == 0)
+            if empty.size:
+                raise DataError(f"sampling: per_class={spec.per_class} asks for class {int(empty[0])}, "
+                                "which has no samples in this split")
+        return counts
+    out = np.zeros_like(counts)
+    for c in spec.classes:
+        if c >= len(counts) or counts[c] == 0:
+            raise DataError(f"sampling: class filter asks for class {c}, which has no samples in this split")
+        out[c] = counts[c]
+    return out
+
+
+def check_spec(counts: np.ndarray, spec: SamplingSpec) -> None:
+    """Raise DataError now (before any epoch runs) if `spec` cannot be drawn from `counts`."""
+    _filtered_counts(counts, spec)
+
+
+def epoch_weights(counts: np.ndarray, spec: SamplingSpec, epoch: int, total_epochs: int) -> np.ndarray:
+    """Class probabilities for one epoch; progressive moves from p^IB (t=0) to p^CB (t=T), t=epoch."""
+    counts = _filtered_counts(counts, spec)
+    if spec.per_class is not None:
+        return class_weights(counts, 0.0)
+    if spec.kind == "progressive":
+        t = min(max(epoch / max(total_epochs, 1), 0.0), 1.0)
+        return (1.0 - t) * class_weights(counts, 1.0) + t * class_weights(counts, 0.0)
+    q = spec.q if spec.kind == "power" else _FIXED_Q[spec.kind]
+    return class_weights(counts, float(q))
+
+
+def largest_remainder(total: int, weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Integer counts summing to `total`, each floor or ceil of total·w_j; ties broken at random
+    (so no class is favoured epoch after epoch)."""
+    exact = total * np.asarray(weights, dtype=np.float64) / np.sum(weights)
+    out = np.floor(exact).astype(np.int64)
+    short = total - int(out.sum())
+    if short > 0:
+        remainder = exact - out
+        order = np.lexsort((rng.random(len(out)), -remainder))  # largest remainder first
+        order = order[np.asarray(weights)[order] > 0][:short]
+        out[order] += 1
+    return out
+
+
+def _draw(ids: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """`count` ids of one class: fresh permutations back to back, so repeats only when needed."""
+    full, part = divmod(count, len(ids))
+    chunks = [rng.permutation(ids) for _ in range(full)]
+    if part:
+        chunks.append(rng.permutation(ids)[:part])
+    return np.concatenate(chunks) if chunks else ids[:0]
+
+
+def epoch_plan(labels: np.ndarray, spec: SamplingSpec, *, epoch: int, total_epochs: int,
+               seed: int) -> np.ndarray:
+    """Global ordered sample ids for one epoch; identical on every rank (depends only on its arguments).
+
+    instance (no epoch_size): a permutation of the (filtered) samples, each exactly once.
+    sequential: sorted ids, no shuffle. Other kinds: class j gets the largest-remainder rounding
+    of N·p_j draws, taken without replacement within the class (cycling), then shuffled.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    num_classes = int(labels.max()) + 1 if labels.size else 0
+    if spec.classes is not None:
+        num_classes = max(num_classes, spec.classes[-1] + 1)
+    counts = np.bincount(labels, minlength=num_classes)
+    kept = _filtered_counts(counts, spec)
+    if spec.kind == "sequential":
+        return np.flatnonzero(kept[labels] > 0).astype(np.int64)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, epoch, 0x5A4D]))
+    if spec.per_class is not None:
+        draws = np.where(kept > 0, spec.per_class, 0)
+    else:
+        size = spec.epoch_size or int(kept.sum())
+        draws = largest_remainder(size, epoch_weights(counts, spec, epoch, total_epochs), rng)
+    by_class = np.argsort(labels, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    parts = [_draw(by_class[starts[c]:starts[c + 1]], int(draws[c]), rng)
+             for c in range(num_classes) if draws[c] > 0]
+    plan = np.concatenate(parts).astype(np.int64)
+    return plan[rng.permutation(len(plan))]
+
+
+def rank_batches(plan: np.ndarray, batch_size: int, rank: int, world: int) -> list[np.ndarray]:
+    """This rank's batches: the plan cut into S·world near-equal contiguous batches,
+    S = ceil(len/(world·batch_size)), batch k going to rank k % world.
+
+    Every rank gets S batches and the union over ranks is exactly `plan`. Batches never exceed
+    batch_size unless the plan is too short to give every batch a sample (then S = len // world).
+    """
+    if not 0 <= rank < world:
+        raise DataError(f"sampling: rank {rank} outside 0..{world - 1}")
+    if batch_size < 1:
+        raise DataError(f"sampling: batch_size must be >= 1, got {batch_size}")
+    if len(plan) < world:
+        raise DataError(f"sampling: an epoch of {len(plan)} samples cannot feed {world} ranks")
+    per_rank = min(math.ceil(len(plan) / (world * batch_size)), len(plan) // world)
+    batches = np.array_split(np.asarray(plan, dtype=np.int64), per_rank * world)
+    return batches[rank::world]

@@ -1,0 +1,141 @@
+"""`python -m shards build | verify | stats` (contract: shared DESIGN.md §3)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from shards.errors import DataError
+from shards.index import ClassIndex
+from shards.raw import DEFAULT_SIZE_RANGE
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m shards", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="raw folder -> WebDataset shards + index.json")
+    b.add_argument("raw", type=Path, help="RAW/<class>/SAR_*.png, or a flat folder with --labels")
+    b.add_argument("out", type=Path)
+    b.add_argument("--val-fraction", type=fraction, default=0.1, help="per class (default 0.1)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--split", help="write only this split (e.g. test) into OUT")
+    b.add_argument("--labels", type=Path, help="CSV image_id,class_id for a flat RAW folder")
+    b.add_argument("--shard-size", type=positive, default=1000, help="max samples per shard")
+    b.add_argument("--workers", type=positive, default=None, help="processes (default: cores)")
+    b.add_argument("--no-dali-index", dest="dali_index", action="store_false",
+                   help="do not write DALI .idx files beside the shards")
+    b.add_argument("--size-range", type=positive, nargs=2, metavar=("MIN", "MAX"),
+                   default=list(DEFAULT_SIZE_RANGE), help="accepted px per side (default 16 256)")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.set_defaults(func=cmd_build)
+    v = sub.add_parser("verify", help="re-read every shard and check it against the index")
+    v.add_argument("out", type=Path)
+    v.set_defaults(func=cmd_verify)
+    s = sub.add_parser("stats", help="per-split, per-class counts")
+    s.add_argument("out", type=Path)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_stats)
+    return p
+
+
+def fraction(text: str) -> float:
+    x = float(text)
+    if not 0 < x < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return x
+
+
+def positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return n
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from shards.build import build_shards  # imports webdataset (and torch): only when building
+
+    if args.size_range[0] > args.size_range[1]:
+        raise DataError(f"--size-range: MIN {args.size_range[0]} > MAX {args.size_range[1]}")
+    start = time.perf_counter()
+    index = build_shards(args.raw, args.out, val_fraction=args.val_fraction, seed=args.seed,
+                         split=args.split, labels_csv=args.labels, shard_size=args.shard_size,
+                         workers=args.workers, dali_index=args.dali_index,
+                         size_range=tuple(args.size_range), quiet=args.quiet)
+    seconds = time.perf_counter() - start
+    last = index.source["builds"][-1]
+    print(f"{args.out}: {last['images']} images from {last['raw']} in {seconds:.1f} s")
+    for name in last["splits"]:
+        s = index.splits[name]
+        print(f"  {name}: {len(s)} samples in {len(s.shards)} shards")
+    if last["ignored_files"]:
+        print(f"  ignored {last['ignored_files']} files that are not SAR_*.png "
+              f"(e.g. {', '.join(last['ignored_examples'])})")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from shards.verify import verify
+
+    r = verify(args.out)
+    print(f"{args.out}: OK, {r.samples} samples in {r.shards} shards ({r.bytes / 1e6:.1f} MB) "
+          f"and {r.dali_indexes} DALI index files in {r.splits} splits match the index")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    index = ClassIndex.load(args.out)
+    stats = collect_stats(index)
+    if args.json:
+        print(json.dumps(stats, indent=1))
+    else:
+        print(format_stats(stats))
+    return 0
+
+
+def collect_stats(index: ClassIndex) -> dict[str, Any]:
+    splits = {}
+    for name, s in index.splits.items():
+        splits[name] = {"num_samples": len(s), "class_counts": s.class_counts().tolist(),
+                        "shards": len(s.shards), "pixel_mean": s.pixel_mean,
+                        "pixel_std": s.pixel_std, "image_sizes": s.image_sizes,
+                        "height": [int(s.height.min()), int(s.height.max())] if len(s) else [],
+                        "width": [int(s.width.min()), int(s.width.max())] if len(s) else []}
+    return {"root": str(index.root), "classes": index.classes, "splits": splits}
+
+
+def format_stats(stats: dict[str, Any]) -> str:
+    names = list(stats["splits"])
+    width = max([len(c) for c in stats["classes"]] + [5])
+    rows = [f"{'class':<{width}} " + " ".join(f"{n:>8}" for n in names)]
+    for c, cls in enumerate(stats["classes"]):
+        rows.append(f"{cls:<{width}} " + " ".join(
+            f"{stats['splits'][n]['class_counts'][c]:>8}" for n in names))
+    rows.append(f"{'total':<{width}} " + " ".join(
+        f"{stats['splits'][n]['num_samples']:>8}" for n in names))
+    for n in names:
+        s = stats["splits"][n]
+        if not s["num_samples"]:
+            continue
+        common = max(s["image_sizes"].items(), key=lambda kv: kv[1])
+        rows.append(f"{n}: {s['shards']} shards; height {s['height'][0]}-{s['height'][1]} px, "
+                    f"width {s['width'][0]}-{s['width'][1]} px, {len(s['image_sizes'])} sizes "
+                    f"(most common {common[0]}: {common[1]}); pixel mean {s['pixel_mean']:.4f} "
+                    f"std {s['pixel_std']:.4f}")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

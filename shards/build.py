@@ -1,0 +1,239 @@
+"""Raw folder -> class-pure WebDataset shards + `index.json`: parallel, atomic, restartable.
+
+Order of events, so that an interrupted build never leaves an index pointing at missing or
+partial shards: every shard is written under a temporary name and renamed when complete, then
+recorded in the build state (`shards/state.py`); `index.json` is written last (tmp + rename).
+A rerun skips the recorded shards after re-checking them. Adding a split to an existing OUT
+keeps the old index valid until the new one replaces it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from shards import writer
+from shards.errors import DataError
+from shards.index import INDEX_NAME, ClassIndex, ShardInfo, SplitIndex
+from shards.raw import DEFAULT_SIZE_RANGE, RawImage, RawListing, scan_raw
+from shards.state import STATE_DIR, BuildState
+from shards.tarscan import dali_index_path
+from shards.writer import ShardPlan
+
+BUILDER = "shards.build/1"
+MIN_IMAGES_PER_WORKER = 500  # below this a worker process costs more than it saves
+
+
+def build_shards(raw: Path, out: Path, *, val_fraction: float = 0.1, seed: int = 0,
+                 split: str | None = None, labels_csv: Path | None = None,
+                 shard_size: int = 1000, workers: int | None = None, dali_index: bool = True,
+                 size_range: tuple[int, int] = DEFAULT_SIZE_RANGE,
+                 quiet: bool = False) -> ClassIndex:
+    """Build (or finish, or confirm) the shards of `raw` in `out`; returns the new index.
+
+    Without `split`: a stratified train/val split. With `split`: that one split, added to `out`.
+    """
+    check_options(val_fraction, shard_size, split, size_range)
+    raw, out = Path(raw).resolve(), Path(out)
+    existing = load_existing(out)
+    listing = scan_raw(raw, labels_csv, existing.classes if existing and labels_csv else None)
+    if existing is not None and listing.classes != existing.classes:
+        raise DataError(f"{raw}: classes {listing.classes} differ from those of "
+                        f"{out / INDEX_NAME}: {existing.classes}")
+    splits = {split: listing.images} if split else stratify(listing, val_fraction, seed)
+    record = build_record(listing, labels_csv, splits, val_fraction if not split else None,
+                          seed if not split else None, shard_size, size_range, dali_index)
+    if existing is not None and already_built(existing, record):
+        return existing
+    plans = plan_shards(splits, shard_size)
+    protected = {s.path for sp in (existing.splits.values() if existing else []) for s in sp.shards}
+    state = BuildState(out, record["fingerprint"], protected)
+    records = run_plans(plans, out, state, workers=workers, dali_index=dali_index,
+                        size_range=size_range, quiet=quiet)
+    index = assemble(out, listing.classes, existing, splits, plans, records, record)
+    remove_orphans(out, list(splits), plans, dali_index)
+    index.save()
+    state.finish()
+    return index
+
+
+def check_options(val_fraction: float, shard_size: int, split: str | None,
+                  size_range: tuple[int, int]) -> None:
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    if split is not None and (not split or not split.replace("_", "").isalnum()):
+        raise ValueError(f"split name must be letters, digits or _, got {split!r}")
+    if not 1 <= size_range[0] <= size_range[1]:
+        raise ValueError(f"size range must be 1 <= MIN <= MAX, got {size_range}")
+
+
+def load_existing(out: Path) -> ClassIndex | None:
+    if (out / INDEX_NAME).exists():
+        return ClassIndex.load(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder")
+    if out.is_dir() and not (out / STATE_DIR).is_dir() and any(out.iterdir()):
+        raise DataError(f"{out}: folder is not empty and holds no shard index; "
+                        "refusing to write shards into it")
+    return None
+
+
+def stratify(listing: RawListing, val_fraction: float, seed: int) -> dict[str, list[RawImage]]:
+    """Per class round(val_fraction * n) images to val, but at least 1 in each split."""
+    rng = np.random.default_rng(seed)
+    by_class: list[list[RawImage]] = [[] for _ in listing.classes]
+    for im in listing.images:
+        by_class[im.label].append(im)
+    train: list[RawImage] = []
+    val: list[RawImage] = []
+    for label, images in enumerate(by_class):
+        n = len(images)
+        if n < 2:
+            where = images[0].path.parent if images else listing.root
+            raise DataError(f"{where}: class {listing.classes[label]!r} has {n} image(s); "
+                            "at least 2 are needed to put one in train and one in val")
+        n_val = min(max(math.floor(val_fraction * n + 0.5), 1), n - 1)
+        in_val = np.zeros(n, bool)
+        in_val[rng.permutation(n)[:n_val]] = True
+        val += [im for im, v in zip(images, in_val) if v]
+        train += [im for im, v in zip(images, in_val) if not v]
+    return {"train": train, "val": val}
+
+
+def build_record(listing: RawListing, labels_csv: Path | None,
+                 splits: dict[str, list[RawImage]], val_fraction: float | None,
+                 seed: int | None, shard_size: int, size_range: tuple[int, int],
+                 dali_index: bool) -> dict[str, Any]:
+    """What one build made and from what; `fingerprint` identifies its content."""
+    options = {"builder": BUILDER, "splits": list(splits), "val_fraction": val_fraction,
+               "seed": seed, "shard_size": shard_size, "size_range": list(size_range),
+               "dali_index": dali_index, "listing": listing.fingerprint()}
+    fingerprint = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()
+    return {**options, "raw": str(listing.root),
+            "labels_csv": str(Path(labels_csv).resolve()) if labels_csv else None,
+            "images": len(listing.images), "ignored_files": len(listing.ignored),
+            "ignored_examples": [p.name for p in listing.ignored[:3]],
+            "fingerprint": fingerprint}
+
+
+def already_built(existing: ClassIndex, record: dict[str, Any]) -> bool:
+    """True if `existing` holds exactly these splits from the same build; DataError on a clash."""
+    builds = existing.source.get("builds", [])
+    present = [s for s in record["splits"] if s in existing.splits]
+    for name in present:
+        prior = next((b for b in builds if name in b.get("splits", [])), {})
+        if prior.get("fingerprint") != record["fingerprint"]:
+            raise DataError(f"{existing.root / INDEX_NAME}: already holds split {name!r} of a "
+                            f"different dataset or options (built from {prior.get('raw')}); "
+                            "use a new output folder")
+    return len(present) == len(record["splits"])
+
+
+def plan_shards(splits: dict[str, list[RawImage]], shard_size: int) -> list[ShardPlan]:
+    plans = []
+    for name, images in splits.items():
+        for label in sorted({im.label for im in images}):
+            members = [im for im in images if im.label == label]
+            for seq, start in enumerate(range(0, len(members), shard_size)):
+                plans.append(ShardPlan(name, f"{name}/{name}-c{label:02d}-{seq:05d}.tar", label,
+                                       tuple(members[start:start + shard_size])))
+    return plans
+
+
+def run_plans(plans: list[ShardPlan], out: Path, state: BuildState, *, workers: int | None,
+              dali_index: bool, size_range: tuple[int, int], quiet: bool) -> list[dict[str, Any]]:
+    """Write (or reuse) every planned shard; records come back in plan order."""
+    done = state.load()
+    total = sum(len(p.images) for p in plans)
+    workers = resolve_workers(workers, len(plans), total)
+    records: dict[str, dict[str, Any]] = {}
+    bar = tqdm(total=total, unit="img", desc=f"shards -> {out}", dynamic_ncols=True,
+               disable=quiet or not sys.stderr.isatty())
+
+    def finish(result: tuple[dict[str, Any], bool]) -> None:
+        rec, reused = result
+        if not reused:
+            state.save(rec)
+        records[rec["path"]] = rec
+        bar.update(rec["count"])
+
+    args = [(p, done.get(p.path), out, dali_index, size_range) for p in plans]
+    try:
+        if workers == 1:
+            for a in args:
+                finish(writer.make_shard(*a))
+        else:
+            with ProcessPoolExecutor(workers) as pool:
+                futures = [pool.submit(writer.make_shard, *a) for a in args]
+                try:
+                    for fut in as_completed(futures):
+                        finish(fut.result())
+                except BaseException:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
+    finally:
+        bar.close()
+    return [records[p.path] for p in plans]
+
+
+def resolve_workers(workers: int | None, n_shards: int, n_images: int) -> int:
+    if workers is None:
+        workers = min(os.cpu_count() or 1, n_images // MIN_IMAGES_PER_WORKER)
+    return max(1, min(workers, n_shards))
+
+
+def assemble(out: Path, classes: list[str], existing: ClassIndex | None,
+             splits: dict[str, list[RawImage]], plans: list[ShardPlan],
+             records: list[dict[str, Any]], record: dict[str, Any]) -> ClassIndex:
+    index_splits = dict(existing.splits) if existing else {}
+    for name in splits:
+        recs = [r for p, r in zip(plans, records) if p.split == name]
+        index_splits[name] = split_index(name, out, recs, len(classes))
+    builds = list(existing.source.get("builds", [])) if existing else []
+    return ClassIndex(root=out, classes=list(classes), splits=index_splits,
+                      source={"builder": BUILDER, "builds": builds + [record]})
+
+
+def split_index(name: str, out: Path, recs: list[dict[str, Any]], num_classes: int) -> SplitIndex:
+    def column(key: str, dtype: type) -> np.ndarray:
+        return np.asarray([x for r in recs for x in r[key]], dtype=dtype)
+
+    counts = [r["count"] for r in recs]
+    n = sum(r["pixel_n"] for r in recs)
+    s = sum(r["pixel_sum"] for r in recs)
+    sq = sum(r["pixel_sq"] for r in recs)
+    height, width = column("height", np.int32), column("width", np.int32)
+    sizes = Counter(f"{h}x{w}" for h, w in zip(height.tolist(), width.tolist()))
+    return SplitIndex(
+        name=name, root=out,
+        shards=[ShardInfo(r["path"], r["label"], r["count"], r["bytes"], r["sha256"]) for r in recs],
+        keys=[k for r in recs for k in r["keys"]],
+        labels=np.repeat(np.asarray([r["label"] for r in recs], np.int64), counts),
+        shard=np.repeat(np.arange(len(recs), dtype=np.int64), counts),
+        offset=column("offset", np.int64), size=column("size", np.int64),
+        crc32=column("crc32", np.uint32), height=height, width=width,
+        # Exact integer sums, so the result does not depend on summation order.
+        pixel_mean=s / n / 255, pixel_std=math.sqrt(max(sq * n - s * s, 0)) / n / 255,
+        num_classes=num_classes, image_sizes=dict(sorted(sizes.items())))
+
+
+def remove_orphans(out: Path, split_names: list[str], plans: list[ShardPlan],
+                   dali_index: bool) -> None:
+    """Drop files a crashed earlier attempt left in the split folders this build owns."""
+    keep = {out / p.path for p in plans}
+    keep |= {dali_index_path(out / p.path) for p in plans} if dali_index else set()
+    for name in split_names:
+        for f in (out / name).iterdir():
+            if f.suffix in (".tar", ".idx", ".tmp") and f not in keep:
+                f.unlink()

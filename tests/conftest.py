@@ -1,0 +1,41 @@
+"""Shared fixtures: a tiny raw NTIRE-layout folder and shards built from it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# Deliberately uneven, with a 3-image tail class, so stratification and balancing are visible.
+TINY_COUNTS = (40, 12, 6, 3)
+
+
+def write_raw(root: Path, counts=TINY_COUNTS, seed: int = 0) -> Path:
+    """Write class folders 0..C-1 of random 8-bit grayscale PNGs, 54–60 px per side."""
+    rng = np.random.default_rng(seed)
+    next_id = 1
+    for label, n in enumerate(counts):
+        folder = root / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        for _ in range(n):
+            h, w = rng.integers(54, 61, size=2)
+            # Brightness depends on the label so that a model can learn something.
+            pixels = rng.integers(0, 120, size=(h, w)) + 12 * label
+            Image.fromarray(pixels.astype(np.uint8), mode="L").save(folder / f"SAR_{next_id}.png")
+            next_id += 1
+    return root
+
+
+@pytest.fixture
+def tiny_raw(tmp_path: Path) -> Path:
+    return write_raw(tmp_path / "raw")
+
+
+@pytest.fixture
+def tiny_shards(tiny_raw: Path, tmp_path: Path) -> Path:
+    from shards.build import build_shards
+
+    out = tmp_path / "shards"
+    build_shards(tiny_raw, out, val_fraction=0.2, seed=0, shard_size=8, workers=1)
+    return out

@@ -1,0 +1,162 @@
+"""Loss formulas against small worked examples, DRW timing, -inf logits, config errors."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trainer.errors import ConfigError
+from trainer.losses import build_loss, class_weights, ldam_margins
+
+LOGITS = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.3, 1.2], [1.0, 1.0, 0.0], [-0.5, 2.5, 0.0]])
+TARGET = torch.tensor([0, 2, 1, 1])
+
+
+def test_cb_weights_worked_example():
+    # counts [100, 10], β = 0.99: effective numbers (1 - β^n)/(1 - β)
+    #   E_100 = (1 - 0.366032)/0.01 = 63.3968,  E_10 = (1 - 0.904382)/0.01 = 9.56179
+    #   1/E = [0.0157737, 0.1045828], normalised to sum 2 → [0.262117, 1.737883]
+    np.testing.assert_allclose(class_weights([100, 10], "cb", 0.99), [0.262117, 1.737883], rtol=1e-5)
+
+
+def test_inverse_and_sqrt_inverse_weights_and_empty_classes():
+    np.testing.assert_allclose(class_weights([1, 3], "inverse"), [1.5, 0.5])
+    np.testing.assert_allclose(class_weights([1, 4], "sqrt_inverse"), [4 / 3, 2 / 3])
+    np.testing.assert_allclose(class_weights([0, 1, 3], "inverse"), [0.0, 1.5, 0.5])
+    np.testing.assert_allclose(class_weights([5, 0, 7], "none"), [1.0, 0.0, 1.0])
+
+
+def test_ce_equals_torch_cross_entropy_and_set_epoch_exists():
+    loss = build_loss({"name": "ce"}, [10, 5, 1])
+    loss.set_epoch(3)
+    torch.testing.assert_close(loss(LOGITS, TARGET), F.cross_entropy(LOGITS, TARGET))
+
+
+def test_cb_loss_is_weighted_mean_of_ce():
+    counts = [100, 10]
+    logits = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0]])
+    target = torch.tensor([0, 1, 1])
+    w = [0.262117, 1.737883]
+    ce = [math.log(1 + math.exp(-1)), math.log(1 + math.exp(-1)), math.log(1 + math.exp(2))]
+    expected = (w[0] * ce[0] + w[1] * ce[1] + w[1] * ce[2]) / (w[0] + 2 * w[1])
+    got = build_loss({"name": "cb", "beta": 0.99}, counts)(logits, target)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_reweight_inverse_matches_torch_weighted_ce():
+    counts = [10, 5, 1]
+    w = torch.tensor(class_weights(counts, "inverse"), dtype=torch.float32)
+    got = build_loss({"name": "ce", "reweight": "inverse"}, counts)(LOGITS, TARGET)
+    torch.testing.assert_close(got, F.cross_entropy(LOGITS, TARGET, weight=w))
+
+
+def test_focal_gamma_zero_equals_ce_and_gamma_two_worked_example():
+    counts = [10, 5, 1]
+    focal0 = build_loss({"name": "focal", "gamma": 0.0}, counts)
+    torch.testing.assert_close(focal0(LOGITS, TARGET), F.cross_entropy(LOGITS, TARGET))
+    # p_t = 0.8: (1 - 0.8)^2 · (-ln 0.8) = 0.04 · 0.2231436 = 0.00892574
+    logits = torch.tensor([[math.log(0.8), math.log(0.2)]])
+    got = build_loss({"name": "focal", "gamma": 2.0}, [1, 1])(logits, torch.tensor([0]))
+    assert got.item() == pytest.approx(0.00892574, rel=1e-5)
+
+
+def test_cb_focal_uses_cb_weights():
+    counts = [100, 10]
+    plain = build_loss({"name": "focal", "gamma": 0.0, "reweight": "cb", "beta": 0.99}, counts)
+    cb = build_loss({"name": "cb", "beta": 0.99}, counts)
+    logits, target = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0]]), torch.tensor([0, 1, 1])
+    torch.testing.assert_close(plain(logits, target), cb(logits, target))
+
+
+def test_ldam_margins_scale_as_n_to_minus_quarter():
+    # n^-1/4 of [10000, 16, 1] = [0.1, 0.5, 1]; the rarest class gets max_margin = 0.5
+    np.testing.assert_allclose(ldam_margins([10000, 16, 1], 0.5), [0.05, 0.25, 0.5])
+    np.testing.assert_allclose(ldam_margins([0, 16, 1], 0.5), [0.0, 0.25, 0.5])
+
+
+def test_ldam_loss_subtracts_margin_from_target_then_scales():
+    counts = [10000, 16, 1]
+    loss = build_loss({"name": "ldam", "max_margin": 0.5, "scale": 30.0}, counts)
+    logits = torch.tensor([[0.3, 0.1, 0.0], [0.0, 0.2, 0.1]])
+    target = torch.tensor([0, 2])
+    adjusted = torch.tensor([[0.3 - 0.05, 0.1, 0.0], [0.0, 0.2, 0.1 - 0.5]]) * 30
+    torch.testing.assert_close(loss(logits, target), F.cross_entropy(adjusted, target))
+
+
+def test_balanced_softmax_is_ce_on_logits_plus_log_prior():
+    counts = [60, 30, 10]
+    prior = torch.tensor([0.6, 0.3, 0.1])
+    got = build_loss({"name": "balanced_softmax"}, counts)(LOGITS, TARGET)
+    torch.testing.assert_close(got, F.cross_entropy(LOGITS + prior.log(), TARGET))
+
+
+def test_drw_switches_to_cb_weights_at_drw_epoch():
+    counts = [100, 10, 1]
+    loss = build_loss({"name": "ldam", "drw_epoch": 2, "beta": 0.99, "scale": 1.0}, counts)
+    unweighted = build_loss({"name": "ldam", "scale": 1.0}, counts)
+    weighted = build_loss({"name": "ldam", "reweight": "cb", "beta": 0.99, "scale": 1.0}, counts)
+    before, after = unweighted(LOGITS, TARGET), weighted(LOGITS, TARGET)
+    assert not torch.allclose(before, after)
+    for epoch, expected in [(0, before), (1, before), (2, after), (3, after), (0, before)]:
+        loss.set_epoch(epoch)
+        torch.testing.assert_close(loss(LOGITS, TARGET), expected)
+
+
+def test_label_smoothing_matches_torch_when_all_classes_present():
+    got = build_loss({"name": "ce", "label_smoothing": 0.1}, [3, 2, 1])(LOGITS, TARGET)
+    torch.testing.assert_close(got, F.cross_entropy(LOGITS, TARGET, label_smoothing=0.1))
+
+
+@pytest.mark.parametrize("cfg", [
+    {"name": "ce", "label_smoothing": 0.1},
+    {"name": "cb", "label_smoothing": 0.2},
+    {"name": "ce", "reweight": "inverse"},
+    {"name": "focal", "gamma": 0.5, "reweight": "cb"},
+    {"name": "ldam", "drw_epoch": 0, "label_smoothing": 0.1},
+    {"name": "balanced_softmax", "label_smoothing": 0.1},
+])
+def test_minus_inf_logits_of_absent_classes_give_no_nan(cfg):
+    # Stage-2 style: class 0 is not in the head (its logit is -inf) and has count 0.
+    counts = [0, 20, 5, 1]
+    logits = torch.tensor([[-math.inf, 1.0, 0.2, -0.3], [-math.inf, 0.0, 3.0, 0.5],
+                           [-math.inf, 30.0, -30.0, 0.0]], requires_grad=True)
+    target = torch.tensor([1, 3, 2])
+    value = build_loss(cfg, counts)(logits, target)
+    value.backward()
+    assert torch.isfinite(value)
+    assert torch.isfinite(logits.grad).all()
+    assert torch.equal(logits.grad[:, 0], torch.zeros(3))
+
+
+def test_smoothing_over_finite_classes_equals_smoothing_on_subset_logits():
+    full = torch.tensor([[-math.inf, 1.0, 0.2], [-math.inf, 0.0, 3.0]])
+    target = torch.tensor([1, 2])
+    got = build_loss({"name": "ce", "label_smoothing": 0.1}, [0, 4, 4])(full, target)
+    torch.testing.assert_close(got, F.cross_entropy(full[:, 1:], target - 1, label_smoothing=0.1))
+
+
+def test_loss_follows_logits_device_dtype():
+    loss = build_loss({"name": "cb"}, [10, 1])
+    out = loss(torch.tensor([[1.0, 0.0]], dtype=torch.bfloat16), torch.tensor([1]))
+    assert out.dtype == torch.float32 and torch.isfinite(out)
+
+
+@pytest.mark.parametrize("cfg, counts, match", [
+    ({"name": "hinge"}, [1, 2], "ce, cb, focal, ldam, balanced_softmax"),
+    ({"name": "ce", "gamma": 2.0}, [1, 2], "unknown key.*gamma.*valid"),
+    ({"name": "focal", "gama": 2.0}, [1, 2], "gama"),
+    ({"name": "cb", "beta": 1.0}, [1, 2], "loss.beta"),
+    ({"name": "ce", "reweight": "log"}, [1, 2], "none, inverse, sqrt_inverse, cb"),
+    ({"name": "ldam", "max_margin": 0}, [1, 2], "max_margin"),
+    ({"name": "ldam", "drw_epoch": -1}, [1, 2], "drw_epoch"),
+    ({"name": "ce", "label_smoothing": 1.5}, [1, 2], "label_smoothing"),
+    ({"name": "ce"}, [0, 0], "class_counts"),
+    ({"name": "ce"}, [[1, 2]], "class_counts"),
+    ({"name": "ce"}, [3, -1], "class_counts"),
+])
+def test_bad_config_is_one_clear_error(cfg, counts, match):
+    with pytest.raises(ConfigError, match=match):
+        build_loss(cfg, counts)

@@ -1,0 +1,200 @@
+"""Post-hoc classifiers on frozen features (Kang et al. 2020, "Decoupling representation and
+classifier"): cRT, NCM, τ-normalisation and LWS.
+
+All work on cached feature tensors [N, D] with labels [N] (original class ids). Heads here are
+`Head`s or modules with the same `classes` attribute; logits are over those classes.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainer.errors import ConfigError
+from trainer.models.heads import Head
+
+
+def balanced_accuracy(preds: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean recall over the classes present in `labels`."""
+    recalls = [(preds[labels == c] == c).float().mean().item() for c in torch.unique(labels)]
+    return float(np.mean(recalls)) if recalls else 0.0
+
+
+# --- τ-normalisation ---------------------------------------------------------------------
+
+def tau_normalize(weight: torch.Tensor, tau: float) -> torch.Tensor:
+    """w_i / ||w_i||^τ for every row i (τ = 0: unchanged, τ = 1: unit rows)."""
+    norms = weight.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return weight / norms.pow(tau)
+
+
+def tau_normalized_head(head: Head, tau: float, keep_bias: bool = False) -> Head:
+    """A copy of `head` with τ-normalised rows (bias zeroed unless keep_bias)."""
+    out = Head(head.in_features, head.classes).to(head.weight.device)
+    with torch.no_grad():
+        out.weight.copy_(tau_normalize(head.weight, tau))
+        out.bias.copy_(head.bias if keep_bias else torch.zeros_like(head.bias))
+    return out
+
+
+@torch.no_grad()
+def search_tau(features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor,
+               bias: torch.Tensor | None, taus: Iterable[float] = np.arange(0, 2.01, 0.1),
+               metric: Callable[[torch.Tensor, torch.Tensor], float] = balanced_accuracy,
+               classes: list[int] | None = None) -> tuple[float, list[tuple[float, float]]]:
+    """Score every τ (on validation features) and return the best τ (first of ties) and the curve.
+    `classes[i]` is the class of weight row i (default: row i is class i)."""
+    ids = torch.as_tensor(classes if classes is not None else range(weight.shape[0]), device=features.device)
+    curve = []
+    for tau in taus:
+        logits = F.linear(features, tau_normalize(weight, float(tau)), bias)
+        curve.append((round(float(tau), 6), float(metric(ids[logits.argmax(1)], labels))))
+    if not curve:
+        raise ConfigError("search_tau: no τ values to try")
+    best = max(curve, key=lambda p: p[1])  # max keeps the first of equal scores
+    return best[0], curve
+
+
+# --- nearest class mean ------------------------------------------------------------------
+
+class NCM:
+    """Nearest class mean: cosine similarity to, or negative Euclidean distance from, each
+    class mean of the training features. Classes without samples score -inf."""
+
+    METRICS = ("cosine", "euclidean")
+
+    def __init__(self, metric: str = "cosine") -> None:
+        if metric not in self.METRICS:
+            raise ConfigError(f"ncm metric: unknown {metric!r}; valid: {', '.join(self.METRICS)}")
+        self.metric = metric
+        self.means: torch.Tensor | None = None
+        self.present: torch.Tensor | None = None
+
+    def fit(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None) -> "NCM":
+        num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
+        feats = features.float()
+        sums = torch.zeros(num_classes, feats.shape[1], device=feats.device).index_add_(0, labels, feats)
+        counts = torch.bincount(labels, minlength=num_classes).float()
+        self.present = counts > 0
+        self.means = sums / counts.clamp_min(1)[:, None]
+        return self
+
+    @property
+    def classes(self) -> list[int]:
+        return list(range(self.means.shape[0]))
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        if self.means is None:
+            raise ConfigError("NCM: call fit() before logits()")
+        feats = features.float()
+        if self.metric == "cosine":
+            scores = F.normalize(feats, dim=1) @ F.normalize(self.means, dim=1).T
+        else:
+            scores = -torch.cdist(feats, self.means)
+        return scores.masked_fill(~self.present, float("-inf"))
+
+
+# --- learnable weight scaling ------------------------------------------------------------
+
+class LWS(nn.Module):
+    """Fixed linear classifier with a learnable per-class scale f_i (initially 1):
+    logits_i = f_i · (w_i·x + b_i)."""
+
+    def __init__(self, head: Head) -> None:
+        super().__init__()
+        self.in_features = head.in_features
+        self.register_buffer("class_ids", head.class_ids.detach().clone())
+        self.register_buffer("weight", head.weight.detach().clone())
+        self.register_buffer("bias", head.bias.detach().clone())
+        self.scales = nn.Parameter(torch.ones(len(head.classes), device=head.weight.device))
+
+    @property
+    def classes(self) -> list[int]:
+        return [int(c) for c in self.class_ids.tolist()]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias) * self.scales
+
+    def to_head(self) -> Head:
+        """A plain Head computing the same logits (scales folded into weight and bias)."""
+        out = Head(self.in_features, self.classes).to(self.weight.device)
+        with torch.no_grad():
+            out.weight.copy_(self.weight * self.scales[:, None])
+            out.bias.copy_(self.bias * self.scales)
+        return out
+
+
+# --- training a head on cached features --------------------------------------------------
+
+def train_head_on_features(head: nn.Module, features: torch.Tensor, labels: torch.Tensor, *,
+                           epochs: int, lr: float, batch_size: int,
+                           weights_per_class: np.ndarray | None = None, seed: int = 0,
+                           momentum: float = 0.9, weight_decay: float = 5e-4) -> nn.Module:
+    """SGD (momentum, cosine LR) with cross-entropy on cached features, training only the
+    head's parameters that require grad. Each epoch draws len(features) samples with
+    replacement so that class j is drawn with probability p_j (`weights_per_class`;
+    default class-balanced over the classes present). Returns the head, trained in place."""
+    classes = list(getattr(head, "classes", range(int(labels.max()) + 1)))
+    targets = _positions(labels, classes)
+    p = _sample_probs(targets, len(classes), weights_per_class, classes)
+    params = [q for q in head.parameters() if q.requires_grad]
+    if not params or epochs < 1 or batch_size < 1 or len(labels) == 0:
+        raise ConfigError("train_head_on_features: needs trainable parameters, samples, epochs ≥ 1 and batch_size ≥ 1")
+    gen = torch.Generator().manual_seed(seed)
+    steps = math.ceil(len(labels) / batch_size)
+    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps)
+    head.train()
+    for _ in range(epochs):
+        draw = torch.multinomial(p, len(labels), replacement=True, generator=gen).to(features.device)
+        for batch in draw.split(batch_size):
+            loss = F.cross_entropy(head(features[batch].float()), targets[batch])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    head.eval()
+    return head
+
+
+def crt_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int, *, epochs: int = 10,
+             lr: float = 0.1, batch_size: int = 512, weights_per_class: np.ndarray | None = None,
+             seed: int = 0) -> Head:
+    """Classifier re-training: a freshly initialised Head over all classes, trained
+    class-balanced (by default) on frozen features."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = Head(features.shape[1], num_classes)
+    head = head.to(features.device)
+    return train_head_on_features(head, features, labels, epochs=epochs, lr=lr, batch_size=batch_size,
+                                  weights_per_class=weights_per_class, seed=seed)
+
+
+def _positions(labels: torch.Tensor, classes: list[int]) -> torch.Tensor:
+    """Original class ids → output column of the head."""
+    lookup = torch.full((max(max(classes), int(labels.max())) + 1,), -1, dtype=torch.long)
+    lookup[torch.tensor(classes)] = torch.arange(len(classes))
+    pos = lookup[labels.cpu()]
+    if (pos < 0).any():
+        missing = sorted(set(labels.cpu().tolist()) - set(classes))
+        raise ConfigError(f"train_head_on_features: labels {missing} are not among the head's classes {classes}")
+    return pos.to(labels.device)
+
+
+def _sample_probs(targets: torch.Tensor, num: int, weights_per_class, classes: list[int]) -> torch.Tensor:
+    """Per-sample probabilities so that column j is drawn with probability ∝ p_j."""
+    counts = torch.bincount(targets.cpu(), minlength=num).double()
+    if weights_per_class is None:
+        p_class = (counts > 0).double()
+    else:
+        w = torch.as_tensor(np.asarray(weights_per_class, dtype=np.float64))
+        if w.shape[0] <= max(classes) or (w < 0).any():
+            raise ConfigError(f"weights_per_class: need a non-negative weight for every class id up to {max(classes)}")
+        p_class = w[torch.tensor(classes)] * (counts > 0)
+    if p_class.sum() <= 0:
+        raise ConfigError("weights_per_class: every class with samples has weight 0")
+    return (p_class / counts.clamp_min(1))[targets.cpu()].float()

@@ -1,0 +1,379 @@
+"""Recipes: a YAML file plus dotted `key=value` overrides, checked against a schema with defaults.
+
+The schema is a nested dict: a `Field` is a leaf (types, default, allowed values), a dict is a
+section, `OPEN` marks a free-form dict handed to another module (the loss config). `stages` is a
+list whose items follow `STAGE`. Every unknown or mistyped key is a ConfigError that names the
+key and lists the valid keys at that level, with the closest one suggested.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainer.errors import ConfigError
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+REQUIRED = object()  # default meaning "must be given"
+
+
+@dataclass(frozen=True)
+class Field:
+    types: tuple[type, ...]
+    default: Any
+    choices: tuple | None = None
+    nullable: bool = False
+    item_type: type | None = None  # for lists
+
+
+def F(types, default, choices=None, nullable=False, item_type=None) -> Field:
+    types = types if isinstance(types, tuple) else (types,)
+    return Field(types, default, tuple(choices) if choices else None, nullable, item_type)
+
+
+OPEN = "open"  # free-form dict, validated by its consumer (build_loss)
+
+SAMPLER = {
+    "kind": F(str, "instance", ["instance", "class", "sqrt", "power", "progressive", "sequential"]),
+    "q": F(float, None, nullable=True),
+    "classes": F(list, None, nullable=True, item_type=int),
+    "per_class": F(int, None, nullable=True),
+    "epoch_size": F(int, None, nullable=True),
+}
+AUGMENT = {
+    "rotate": F(str, "none", ["none", "free", "right"]),
+    "hflip": F(bool, False),
+    "vflip": F(bool, False),
+    "crop_scale": F(list, [1.0, 1.0], item_type=float),
+    "translate": F(int, 0),
+    "speckle": F(float, 0.0),
+    "brightness": F(float, 0.0),
+    "contrast": F(float, 0.0),
+}
+OPTIM = {
+    "lr": F(float, 0.1),
+    "momentum": F(float, 0.9),
+    "nesterov": F(bool, True),
+    "weight_decay": F(float, 5e-4),
+    "warmup_epochs": F(float, 0.0),
+    "schedule": F(str, "cosine", ["cosine", "constant"]),
+    "min_lr": F(float, 0.0),
+    "precision": F(str, "auto", ["auto", "no", "bf16", "fp16"]),
+    "grad_accum": F(int, 1),
+}
+# Per-stage optimizer overrides: same keys, every one optional (None = take the global value).
+STAGE_OPTIM = {k: F(f.types, None, f.choices, True, f.item_type) for k, f in OPTIM.items()
+               if k not in ("precision",)}
+STAGE = {
+    "name": F(str, REQUIRED),
+    "epochs": F(int, 1),
+    "sampler": SAMPLER,
+    "augment": AUGMENT,
+    "train": F(str, "all", ["all", "classifier", "last_block"]),
+    "head": F(str, "keep", ["keep", "subset", "expand", "reset"]),
+    "classes": F(list, None, nullable=True, item_type=int),
+    "loss": OPEN,
+    "lr": F(float, None, nullable=True),
+    "optim": STAGE_OPTIM,
+    "classifiers": F(list, [], item_type=str),
+    "select": F(str, "last", ["last", "best"]),
+}
+SCHEMA = {
+    "seed": F(int, 0),
+    "run": {
+        "dir": F(str, None, nullable=True),
+        "log_every": F(int, 50),
+        "progress_bar": F(bool, True),
+        "debug_ids": F(bool, False),        # log the sample ids each rank sees (tests)
+        "fail_at_step": F(int, None, nullable=True),  # inject a crash (resume tests)
+    },
+    "data": {
+        "shards": F(str, REQUIRED),
+        "input_size": F(int, 56),
+        "batch_size": F(int, 128),
+        "eval_batch_size": F(int, 256),
+        "num_workers": F(int, 2),
+        "loader": F(str, "auto", ["auto", "torch", "dali"]),
+        "tta": F(int, 1),
+    },
+    "model": {
+        "name": F(str, "shake_shake"),     # checked by trainer.models.build_model
+        "depth": F(int, 26),
+        "width": F(int, 32),
+    },
+    "optim": OPTIM,
+    "eval": {
+        "groups": OPEN,
+        "select_metric": F(str, "balanced_acc", ["balanced_acc", "top1"]),
+    },
+    "stages": [STAGE],
+}
+CLASSIFIERS = ("crt", "ncm", "tau_norm", "lws")
+DEFAULT_LOSS = {"name": "ce"}
+# Keys that may differ between a run and its resumption (they do not change results).
+RESUME_FREE = {("data", "num_workers"), ("run", "progress_bar"), ("run", "fail_at_step"),
+               ("data", "loader")}
+
+
+# ---------------------------------------------------------------- loading
+def recipe_path(name_or_path: str) -> Path:
+    """A path, or the name of a built-in recipe (`joint`, `three_stage_mini`, …)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    builtin = RECIPES_DIR / f"{name_or_path.removesuffix('.yaml')}.yaml"
+    if builtin.is_file():
+        return builtin
+    names = sorted(x.stem for x in RECIPES_DIR.glob("*.yaml"))
+    raise ConfigError(f"{name_or_path}: no such recipe file; built-in recipes: {', '.join(names)}")
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def load_config(recipe: str, overrides: list[str] = ()) -> dict:
+    """Read a recipe, apply `key=value` overrides, validate and fill defaults."""
+    path = recipe_path(recipe)
+    raw = read_yaml(path)
+    apply_overrides(raw, overrides)
+    cfg = validate(raw, source=str(path))
+    if cfg["run"]["dir"] is None:
+        cfg["run"]["dir"] = str(Path("runs") / path.stem)
+    return cfg
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> None:
+    """`a.b.0.c=value` sets raw["a"]["b"][0]["c"]; the value is parsed as YAML (so 3 is an int)."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key=value (e.g. stages.0.epochs=2)")
+        try:
+            value = yaml.safe_load(text) if text != "" else ""
+        except yaml.YAMLError:
+            value = text
+        set_dotted(raw, key, value)
+
+
+def set_dotted(raw: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node: Any = raw
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        where = ".".join(parts[:i]) or "<top>"
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"override {key}: {where} is a list of {len(node)} items, "
+                                  f"{part!r} is not an index in 0..{len(node) - 1}")
+            idx: Any = int(part)
+        elif isinstance(node, dict):
+            idx = part
+        else:
+            raise ConfigError(f"override {key}: {where} is a value, not a section")
+        if last:
+            node[idx] = value
+        else:
+            if isinstance(node, dict) and node.get(idx) is None:
+                node[idx] = {}
+            node = node[idx]
+
+
+# ---------------------------------------------------------------- validation
+def _suggest(key: str, valid) -> str:
+    close = difflib.get_close_matches(str(key), [str(v) for v in valid], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_leaf(path: str, f: Field, value: Any) -> Any:
+    if value is None:
+        if f.nullable or f.default is None:
+            return None
+        raise ConfigError(f"{path}: a value is required")
+    ok_types = f.types
+    if float in ok_types and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)  # 1 is a fine learning rate
+    if isinstance(value, bool) and bool not in ok_types:
+        ok = False
+    else:
+        ok = isinstance(value, ok_types)
+    if not ok:
+        want = " or ".join(t.__name__ for t in ok_types)
+        raise ConfigError(f"{path}: expected {want}, got {type(value).__name__} {value!r}")
+    if f.choices and value not in f.choices:
+        raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(str, f.choices))}"
+                          f"{_suggest(value, f.choices)}")
+    if f.item_type is not None:
+        items = []
+        for j, v in enumerate(value):
+            if f.item_type is float and isinstance(v, int) and not isinstance(v, bool):
+                v = float(v)
+            if not isinstance(v, f.item_type) or isinstance(v, bool):
+                raise ConfigError(f"{path}[{j}]: expected {f.item_type.__name__}, got {v!r}")
+            items.append(v)
+        value = items
+    return value
+
+
+def _check(path: str, spec: Any, value: Any) -> Any:
+    if isinstance(spec, Field):
+        return _check_leaf(path, spec, value)
+    if spec == OPEN:
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
+        return copy.deepcopy(value)
+    if isinstance(spec, list):
+        if not isinstance(value, list) or not value:
+            raise ConfigError(f"{path}: expected a non-empty list of stages")
+        return [_check(f"{path}.{i}", spec[0], v) for i, v in enumerate(value)]
+    return _check_section(path, spec, value)
+
+
+def _check_section(path: str, spec: dict, value: Any) -> dict:
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path or '<top>'}: expected a mapping, got {type(value).__name__} {value!r}")
+    for key in value:
+        if key not in spec:
+            where = path or "the top level"
+            raise ConfigError(f"unknown key {_join(path, key)!r}{_suggest(key, spec)}; "
+                              f"valid keys at {where}: {', '.join(spec)}")
+    out = {}
+    for key, sub in spec.items():
+        sub_path = _join(path, key)
+        if key in value:
+            out[key] = _check(sub_path, sub, value[key])
+        elif isinstance(sub, Field):
+            if sub.default is REQUIRED:
+                raise ConfigError(f"{sub_path}: missing (required)")
+            out[key] = copy.deepcopy(sub.default)
+        elif sub == OPEN:
+            out[key] = None
+        elif isinstance(sub, list):
+            raise ConfigError(f"{sub_path}: missing (a list of stages is required)")
+        else:
+            out[key] = _check_section(sub_path, sub, {})
+    return out
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def validate(raw: dict, source: str = "recipe") -> dict:
+    try:
+        cfg = _check_section("", SCHEMA, raw)
+        _check_semantics(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    return cfg
+
+
+def _check_semantics(cfg: dict) -> None:
+    for key in ("input_size", "batch_size", "eval_batch_size", "tta"):
+        if cfg["data"][key] < 1:
+            raise ConfigError(f"data.{key}: must be >= 1, got {cfg['data'][key]}")
+    if cfg["data"]["num_workers"] < 0:
+        raise ConfigError("data.num_workers: must be >= 0")
+    if cfg["optim"]["grad_accum"] < 1:
+        raise ConfigError("optim.grad_accum: must be >= 1")
+    names = set()
+    for i, st in enumerate(cfg["stages"]):
+        where = f"stages.{i}"
+        if st["name"] in names or "/" in st["name"]:
+            raise ConfigError(f"{where}.name: {st['name']!r} is repeated or contains '/'")
+        names.add(st["name"])
+        if st["epochs"] < 0:
+            raise ConfigError(f"{where}.epochs: must be >= 0")
+        if st["loss"] is None:
+            st["loss"] = dict(DEFAULT_LOSS)
+        for c in st["classifiers"]:
+            if c not in CLASSIFIERS:
+                raise ConfigError(f"{where}.classifiers: {c!r} is not one of {', '.join(CLASSIFIERS)}"
+                                  f"{_suggest(c, CLASSIFIERS)}")
+        if st["head"] == "subset" and not (st["classes"] or st["sampler"]["classes"]):
+            raise ConfigError(f"{where}: head: subset needs `classes` (or sampler.classes)")
+        if len(st["augment"]["crop_scale"]) != 2:
+            raise ConfigError(f"{where}.augment.crop_scale: expected two numbers [min, max]")
+        if st["sampler"]["kind"] == "power" and st["sampler"]["q"] is None:
+            raise ConfigError(f"{where}.sampler: kind power needs q")
+
+
+# ---------------------------------------------------------------- helpers for the run
+def stage_optim(cfg: dict, stage: dict) -> dict:
+    """Global optimizer settings with the stage's overrides (`lr`, `optim.*`) applied."""
+    out = dict(cfg["optim"])
+    out.update({k: v for k, v in stage["optim"].items() if v is not None})
+    if stage["lr"] is not None:
+        out["lr"] = stage["lr"]
+    return out
+
+
+def head_classes(cfg: dict, stage_index: int, num_classes: int) -> list[int]:
+    """The classes the head covers during stage `stage_index` (after its transition)."""
+    classes = list(range(num_classes))
+    for st in cfg["stages"][: stage_index + 1]:
+        if st["head"] == "subset":
+            classes = sorted(st["classes"] or st["sampler"]["classes"])
+        elif st["head"] == "expand":
+            classes = list(range(num_classes))
+    return classes
+
+
+def config_differences(a: dict, b: dict, path: str = "") -> list[str]:
+    """Keys whose values differ (ignoring the ones that may change on resume)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            if tuple(_join(path, k).split(".")) in RESUME_FREE:
+                continue
+            out += config_differences(a.get(k), b.get(k), _join(path, k))
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in config_differences(x, y, _join(path, i))]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
+def dump_yaml(cfg: dict) -> str:
+    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)
+
+
+def write_atomic(path: Path, text: str | bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode() if isinstance(text, str) else text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_config(cfg: dict, run_dir: Path) -> None:
+    write_atomic(Path(run_dir) / "config.yaml", dump_yaml(cfg))
+
+
+def load_run_config(run_dir: Path) -> dict:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{path}: missing; is {run_dir} a run folder?")
+    return validate(read_yaml(path), source=str(path))

@@ -1,0 +1,108 @@
+"""The classifier head: a linear layer over an ordered list of class ids.
+
+Stages change which classes the head predicts (three-stage recipe: all → classes 1–9 → all).
+`subset` and `expand` change the head in place (and return it, so both
+`head.subset(c)` and `model.classifier = model.classifier.subset(c)` work); rows of classes
+that stay are kept bit-identical. The class list is a buffer, so a state dict carries it and
+loading a state dict with another class list reshapes the head to match.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainer.errors import ConfigError
+
+
+def _fresh_rows(rows: int, in_features: int, like: torch.Tensor,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias rows initialised like nn.Linear does."""
+    weight = torch.empty(rows, in_features, device=like.device, dtype=like.dtype)
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generator)
+    bound = 1.0 / math.sqrt(in_features) if in_features > 0 else 0.0
+    bias = torch.empty(rows, device=like.device, dtype=like.dtype).uniform_(-bound, bound, generator=generator)
+    return weight, bias
+
+
+class Head(nn.Module):
+    """Linear classifier whose output column i scores class `classes[i]`."""
+
+    def __init__(self, in_features: int, classes: int | Iterable[int]) -> None:
+        super().__init__()
+        ids = list(range(classes)) if isinstance(classes, int) else [int(c) for c in classes]
+        _check_classes(ids)
+        self.in_features = in_features
+        self.register_buffer("class_ids", torch.tensor(ids, dtype=torch.long))
+        weight, bias = _fresh_rows(len(ids), in_features, torch.empty(0))
+        self.weight = nn.Parameter(weight)
+        self.bias = nn.Parameter(bias)
+
+    @property
+    def classes(self) -> list[int]:
+        return [int(c) for c in self.class_ids.tolist()]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, classes={self.classes}"
+
+    def _set(self, ids: list[int], weight: torch.Tensor, bias: torch.Tensor) -> None:
+        # New Parameter objects: the optimizer must be rebuilt after a head change (it is, per stage).
+        self.class_ids = torch.tensor(ids, dtype=torch.long, device=self.class_ids.device)
+        self.weight = nn.Parameter(weight.detach().clone(), requires_grad=self.weight.requires_grad)
+        self.bias = nn.Parameter(bias.detach().clone(), requires_grad=self.bias.requires_grad)
+
+    def subset(self, classes: Iterable[int]) -> "Head":
+        """Keep only the rows of `classes` (in the order given); each must be in the head."""
+        ids = [int(c) for c in classes]
+        _check_classes(ids)
+        have = self.classes
+        missing = [c for c in ids if c not in have]
+        if missing:
+            raise ConfigError(f"head subset: classes {missing} are not in the head (it has {have})")
+        rows = torch.tensor([have.index(c) for c in ids], device=self.weight.device)
+        self._set(ids, self.weight[rows], self.bias[rows])
+        return self
+
+    def expand(self, num_classes: int, generator: torch.Generator | None = None) -> "Head":
+        """Grow to classes 0..num_classes-1: learned rows kept, new rows freshly initialised
+        (from `generator` if given, so that every rank draws the same rows)."""
+        have = self.classes
+        if have and max(have) >= num_classes:
+            raise ConfigError(f"head expand: head has class {max(have)}, cannot expand to {num_classes} classes")
+        weight, bias = _fresh_rows(num_classes, self.in_features, self.weight.detach(), generator)
+        rows = torch.tensor(have, dtype=torch.long, device=weight.device)
+        weight[rows] = self.weight.detach()
+        bias[rows] = self.bias.detach()
+        self._set(list(range(num_classes)), weight, bias)
+        return self
+
+    def to_full_logits(self, logits: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """[B, len(classes)] → [B, num_classes]; classes not in the head get -inf."""
+        full = logits.new_full((logits.shape[0], num_classes), float("-inf"))
+        return full.index_copy(1, self.class_ids, logits)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        # A checkpoint saved after subset/expand has another class list: adopt it, so that
+        # weights of a stage can be loaded into a freshly built model. The feature size must match.
+        ids = state_dict.get(prefix + "class_ids")
+        weight = state_dict.get(prefix + "weight")
+        if ids is not None and weight is not None and ids.tolist() != self.class_ids.tolist():
+            if weight.shape[1:] == self.weight.shape[1:] and weight.shape[0] == len(ids):
+                self._set([int(c) for c in ids.tolist()], self.weight.new_empty(weight.shape),
+                          self.bias.new_empty(len(ids)))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+
+def _check_classes(ids: list[int]) -> None:
+    if not ids:
+        raise ConfigError("head: the class list is empty")
+    if len(set(ids)) != len(ids) or min(ids) < 0:
+        raise ConfigError(f"head: class ids must be distinct and non-negative, got {ids}")

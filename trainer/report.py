@@ -1,0 +1,413 @@
+"""`python -m trainer report RUN`: figures and a markdown page for one run folder.
+
+Writes RUN/report/*.png and RUN/report/report.md (which embeds them), from RUN/config.yaml,
+RUN/metrics.json, RUN/history.jsonl and the per-stage weights in RUN/stages/<i>-<name>/. Parts
+whose inputs are missing (no history, no validation split, no post-hoc classifiers, no weights)
+are skipped with a note in report.md instead of failing the whole report.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from shards.errors import DataError
+from trainer import plots
+from trainer.errors import ConfigError, TrainingError
+
+GROUPS = ("head", "middle", "tail")
+PAPER_GROUPS = ("many", "medium", "few")
+DEFAULT_TTA_VIEWS = 3  # seed 000 evaluates with 3 TTA views
+
+
+@dataclass
+class RunFolder:
+    root: Path
+    config: dict
+    metrics: dict
+    history: list[dict]
+    stage_dirs: dict[int, Path]      # stage index -> RUN/stages/<i>-<name>
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def classes(self) -> list[str]:
+        return [str(c) for c in self.metrics["classes"]]
+
+    def final_eval(self, split: str = "val") -> dict | None:
+        return (self.metrics.get("final") or {}).get(split)
+
+
+def load_run(path: Path | str) -> RunFolder:
+    """Read a run folder; ConfigError naming the path if it is not one or a file is unreadable."""
+    root = Path(path)
+    if not root.is_dir():
+        raise ConfigError(f"{root}: not a run folder (no such directory)")
+    for name in ("config.yaml", "metrics.json"):
+        if not (root / name).is_file():
+            raise ConfigError(f"{root}: not a run folder (missing {name})")
+    try:
+        config = yaml.safe_load((root / "config.yaml").read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{root / 'config.yaml'}: not valid YAML ({e})") from None
+    metrics = _read_json(root / "metrics.json")
+    if not isinstance(metrics, dict) or "classes" not in metrics:
+        raise ConfigError(f"{root / 'metrics.json'}: no 'classes' list (not a trainer metrics file)")
+    run = RunFolder(root, config, metrics, [], _stage_dirs(root))
+    hist = root / "history.jsonl"
+    if hist.is_file():
+        for n, line in enumerate(hist.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    run.history.append(json.loads(line))
+                except json.JSONDecodeError:
+                    # A run killed mid-write can leave a torn last line: keep what is readable.
+                    run.notes.append(f"history.jsonl line {n} is not JSON; ignored")
+    return run
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+
+
+def _stage_dirs(root: Path) -> dict[int, Path]:
+    out = {}
+    if (root / "stages").is_dir():
+        for d in (root / "stages").iterdir():
+            head = d.name.split("-", 1)[0]
+            if d.is_dir() and head.isdigit() and (d / "model.pt").is_file():
+                out[int(head)] = d
+    return dict(sorted(out.items()))
+
+
+def stage_names(run: RunFolder) -> dict[int, str]:
+    names = {i: s.get("name", f"stage{i}") for i, s in enumerate(run.metrics.get("stages") or [])}
+    for i, s in enumerate(run.config.get("stages") or []):
+        if isinstance(s, dict):
+            names.setdefault(i, s.get("name", f"stage{i}"))
+    return names
+
+
+def class_counts(run: RunFolder) -> list[int] | None:
+    """Training count per class: metrics.json `class_counts`, else the shards' index.json."""
+    if run.metrics.get("class_counts"):
+        return [int(c) for c in run.metrics["class_counts"]]
+    shards = (run.config.get("data") or {}).get("shards")
+    if shards:
+        try:
+            from shards.index import ClassIndex
+
+            return [int(c) for c in ClassIndex.load(shards).split("train").class_counts()]
+        except Exception as e:  # noqa: BLE001 - the shards may have moved since training
+            run.notes.append(f"training counts unavailable ({e}); classes shown in label order")
+    return None
+
+
+def class_labels(run: RunFolder) -> list[str]:
+    """'0 sedan'-style labels when the classes are NTIRE's folder numbers, else the folder names."""
+    classes = run.classes
+    names = run.metrics.get("class_names")
+    if not names:
+        try:
+            from datasets import ntire
+
+            names = getattr(ntire, "CLASS_NAMES", None)
+        except Exception:  # noqa: BLE001 - optional nicety
+            names = None
+    if names and len(names) == len(classes) and classes == [str(i) for i in range(len(classes))]:
+        return [f"{c} {n}" for c, n in zip(classes, names)]
+    return classes
+
+
+def group_classes(ev: dict | None, which=GROUPS) -> dict[str, list[int]]:
+    gc = (ev or {}).get("group_classes") or {}
+    return {g: [int(c) for c in gc[g]] for g in which if g in gc}
+
+
+def _pct(x) -> str:
+    return f"{100 * x:.1f}" if isinstance(x, (int, float)) and not math.isnan(x) else "–"
+
+
+def summary_table(run: RunFolder) -> list[str]:
+    cols = ["top1", "balanced_acc", *GROUPS, *PAPER_GROUPS]
+    rows = [(f"{i}: {s.get('name', '')}", s.get("val")) for i, s in enumerate(run.metrics.get("stages") or [])]
+    for split in ("val", "test"):
+        if run.final_eval(split):
+            rows.append((f"final ({split})", run.final_eval(split)))
+    lines = ["| after | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, ev in rows:
+        ev = ev or {}
+        vals = [ev.get(c, (ev.get("groups") or {}).get(c)) for c in cols]
+        lines.append(f"| {name} | " + " | ".join(_pct(v) for v in vals) + " |")
+    return lines + ["", "Accuracies in %; head/middle/tail are count-relative groups, many/medium/few "
+                        "the paper's absolute thresholds (groups with no classes show –)."]
+
+
+def section_per_class(run: RunFolder, out: Path, labels: list[str], counts) -> list[str]:
+    series = {f"{i}: {s.get('name', '')}": s["val"]["per_class_acc"]
+              for i, s in enumerate(run.metrics.get("stages") or []) if (s.get("val") or {}).get("per_class_acc")}
+    final = (run.final_eval() or {}).get("per_class_acc")
+    if final and (not series or list(series.values())[-1] != final):
+        series["final"] = final
+    if not series:
+        return ["_Skipped: metrics.json has no per-class validation accuracy._"]
+    plots.per_class_accuracy(out / "per_class_accuracy.png", labels, counts, series,
+                             group_classes(run.final_eval()))
+    return ["![per-class accuracy](per_class_accuracy.png)", "",
+            "Bars: validation accuracy per class after each stage; classes ordered by training "
+            "count; shading marks the head / middle / tail groups."]
+
+
+def section_confusion(run: RunFolder, out: Path, labels: list[str]) -> list[str]:
+    cm = (run.final_eval() or {}).get("confusion")
+    if not cm:
+        return ["_Skipped: metrics.json has no `final.val.confusion`._"]
+    plots.confusion_matrix(out / "confusion_matrix.png", labels, np.asarray(cm))
+    return ["![confusion matrix](confusion_matrix.png)"]
+
+
+def section_curves(run: RunFolder, out: Path) -> list[str]:
+    if not run.history:
+        return ["_Skipped: no history.jsonl (or it is empty)._"]
+    plots.training_curves(out / "training_curves.png", run.history, stage_names(run))
+    return ["![training curves](training_curves.png)"]
+
+
+def section_classifiers(run: RunFolder, out: Path) -> list[str]:
+    ev = run.final_eval() or {}
+    clfs = ev.get("classifiers") or {}
+    if not clfs:
+        for s in reversed(run.metrics.get("stages") or []):
+            clfs = (s.get("val") or {}).get("classifiers") or {}
+            if clfs:
+                ev = s["val"]
+                break
+    if not clfs:
+        return ["_Skipped: no post-hoc classifiers in this run._"]
+    rows = {"base model": _flat(ev), **{name: _flat(c) for name, c in clfs.items()}}
+    metrics = ["top1", "balanced_acc", *[g for g in GROUPS if any(g in r for r in rows.values())]]
+    plots.metric_bars(out / "classifiers.png", rows, metrics, "Post-hoc classifiers on validation",
+                      labels={"top1": "top-1", "balanced_acc": "balanced acc"})
+    lines = ["![post-hoc classifiers](classifiers.png)", "",
+             "| classifier | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    lines += [f"| {n} | " + " | ".join(_pct(r.get(m)) for m in metrics) + " |" for n, r in rows.items()]
+    for name, c in clfs.items():
+        if c.get("tau_curve"):
+            plots.tau_curve(out / "tau_curve.png", c["tau_curve"], c.get("tau"))
+            lines += ["", f"![τ search ({name})](tau_curve.png)"]
+            break
+    else:
+        lines += ["", "_No τ search curve stored (`classifiers.<tau-norm>.tau_curve`)._"]
+    return lines
+
+
+def _flat(ev: dict) -> dict[str, float]:
+    """top1, balanced_acc and group accuracies of one EVAL in one flat dict."""
+    flat = {k: ev[k] for k in ("top1", "balanced_acc") if isinstance(ev.get(k), (int, float))}
+    for g, v in (ev.get("groups") or {}).items():
+        if isinstance(v, (int, float)):
+            flat[g] = v
+    return flat
+
+
+# ---- features and inference need the models and the data stream -----------------------------
+
+def load_stage_model(run: RunFolder, stage_dir: Path):
+    """The model as saved after one stage. The head adopts the class list stored in the state
+    dict, so a stage that trained on a subset of classes (seed 000 stage 2) loads as well."""
+    import torch
+
+    from trainer.models import build_model
+
+    model = build_model(run.config["model"], len(run.classes))
+    state = torch.load(stage_dir / "model.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def collect_val_chips(run: RunFolder, max_per_class: int):
+    """Up to `max_per_class` validation chips per class, normalised as the trainer feeds them."""
+    import torch
+
+    from datasets.sampling import SamplingSpec
+    from datasets.stream import ShardStream
+
+    data = run.config.get("data") or {}
+    stream = ShardStream(data["shards"], "val", batch_size=256, sampling=SamplingSpec(kind="sequential"),
+                         augment=None, input_size=int(data.get("input_size", 56)))
+    want = np.minimum(np.asarray(stream.class_counts), max_per_class)
+    have = np.zeros_like(want)
+    xs, ys = [], []
+    for images, labels, _ in stream:
+        keep = []
+        for j, c in enumerate(labels.tolist()):
+            if have[c] < want[c]:
+                have[c] += 1
+                keep.append(j)
+        if keep:
+            xs.append(images[keep])
+            ys.append(labels[keep])
+        if (have >= want).all():
+            break
+    if not xs:
+        raise ConfigError(f"{data['shards']}: the val split is empty")
+    return torch.cat(xs), torch.cat(ys).numpy()
+
+
+def stage_features(model, x, device, batch: int = 256) -> np.ndarray:
+    import torch
+
+    model = model.to(device).eval()
+    with torch.inference_mode():
+        return torch.cat([model.features(x[i:i + batch].to(device)).float().cpu()
+                          for i in range(0, len(x), batch)]).numpy()
+
+
+def pca_2d(f: np.ndarray) -> np.ndarray:
+    f = f - f.mean(axis=0)
+    _, _, vt = np.linalg.svd(f, full_matrices=False)
+    return f @ vt[:2].T
+
+
+def lda_2d(f: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Fisher discriminant directions (within-class whitened between-class scatter), computed
+    after PCA to ≤ 64 dims and with a small ridge, so collapsed features stay well-posed."""
+    f = f - f.mean(axis=0)
+    _, _, vt = np.linalg.svd(f, full_matrices=False)
+    f = f @ vt[:64].T
+    d = f.shape[1]
+    sw, sb = np.zeros((d, d)), np.zeros((d, d))
+    for c in np.unique(y):
+        fc = f[y == c]
+        mu = fc.mean(axis=0)
+        sw += (fc - mu).T @ (fc - mu)
+        sb += len(fc) * np.outer(mu, mu)
+    sw += (1e-3 * np.trace(sw) / d + 1e-9) * np.eye(d)
+    evals, evecs = np.linalg.eigh(sw)
+    white = evecs / np.sqrt(evals)
+    _, vecs = np.linalg.eigh(white.T @ sb @ white)
+    return f @ (white @ vecs[:, ::-1][:, :2])
+
+
+def section_features(run: RunFolder, out: Path, labels: list[str], device, max_per_class: int) -> list[str]:
+    if not run.stage_dirs:
+        return ["_Skipped: no stage weights (RUN/stages/<i>-<name>/model.pt)._"]
+    if not (run.config.get("data") or {}).get("shards"):
+        return ["_Skipped: config.yaml names no data.shards._"]
+    try:
+        x, y = collect_val_chips(run, max_per_class)
+    except Exception as e:  # noqa: BLE001 - no val split, shards moved: note it, keep the report
+        return [f"_Skipped: no validation chips to embed ({e})._"]
+    names = stage_names(run)
+    pca, lda, notes = [], [], []
+    for i, d in run.stage_dirs.items():
+        try:
+            f = stage_features(load_stage_model(run, d), x, device)
+        except Exception as e:  # noqa: BLE001
+            notes.append(f"_Stage {i} ({d.name}) skipped: {e}_")
+            continue
+        title = f"after stage {i}: {names.get(i, d.name)}"
+        pca.append((title, pca_2d(f), y))
+        lda.append((title, lda_2d(f, y), y))
+    if not pca:
+        return notes or ["_Skipped: no stage model could be loaded._"]
+    plots.feature_projection(out / "features_pca.png", pca, labels, "PCA")
+    plots.feature_projection(out / "features_lda.png", lda, labels, "LDA")
+    return [f"Validation chips (up to {max_per_class} per class, {len(y)} in all) through each "
+            "stage's backbone; class 0 in red, as in seed 000 Figure 2. PCA keeps the largest "
+            "variance directions; LDA the directions that best separate the classes.", "",
+            "![features PCA](features_pca.png)", "", "![features LDA](features_lda.png)", *notes]
+
+
+def tta_views(config: dict) -> int:
+    """The run's TTA views (data.tta), or the seed's 3 when the run evaluates without TTA, so
+    the report always shows the cost of TTA next to the plain forward pass."""
+    views = (config.get("data") or {}).get("tta")
+    return views if isinstance(views, int) and views > 1 else DEFAULT_TTA_VIEWS
+
+
+def section_inference(run: RunFolder, out: Path, device, large_batch: int, repeats: int) -> list[str]:
+    from trainer import inference
+
+    if not run.stage_dirs:
+        return ["_Skipped: no stage weights to measure._"]
+    last = list(run.stage_dirs.values())[-1]
+    try:
+        model = load_stage_model(run, last)
+    except Exception as e:  # noqa: BLE001
+        return [f"_Skipped: could not load {last / 'model.pt'} ({e})._"]
+    size = int((run.config.get("data") or {}).get("input_size", 56))
+    fig = inference.measure(model, size, device=device, large_batch=large_batch,
+                            tta_views=tta_views(run.config), repeats=repeats)
+    fig["model_file"] = str(last / "model.pt")
+    fig["model_file_bytes"] = (last / "model.pt").stat().st_size
+    _write_text(out / "inference.json", json.dumps(fig, indent=2))
+    return [f"Model after the last stage ({last.name}); `model.pt` on disk: "
+            f"{fig['model_file_bytes'] / 2**20:.2f} MiB.", "", inference.to_markdown(fig)]
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_report(run: RunFolder, *, features: bool = True, inference: bool = True,
+                 max_per_class: int = 200, large_batch: int = 256, repeats: int = 10,
+                 device: str | None = None) -> Path:
+    import torch
+
+    out = run.root / "report"
+    out.mkdir(exist_ok=True)
+    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    labels = class_labels(run)
+    counts = class_counts(run)
+    model = run.config.get("model") or {}
+    md = [f"# Report: {run.root.name}", "",
+          f"Run folder `{run.root}`; model `{model.get('name', model.get('arch', '?'))}`; stages: "
+          + ", ".join(f"{i}: {n}" for i, n in stage_names(run).items()) + ".", "",
+          "## Accuracy after each stage", "", *summary_table(run), "",
+          "## Per-class accuracy", "", *section_per_class(run, out, labels, counts), "",
+          "## Confusion matrix (final model)", "", *section_confusion(run, out, labels), "",
+          "## Features after each stage (seed 000, Figure 2)", ""]
+    md += section_features(run, out, labels, dev, max_per_class) if features else ["_Skipped (--no-features)._"]
+    md += ["", "## Training curves", "", *section_curves(run, out), "",
+           "## Post-hoc classifiers", "", *section_classifiers(run, out), "",
+           "## Inference", ""]
+    md += section_inference(run, out, dev, large_batch, repeats) if inference else ["_Skipped (--no-inference)._"]
+    if run.notes:
+        md += ["", "## Notes", "", *[f"- {n}" for n in run.notes]]
+    _write_text(out / "report.md", "\n".join(md) + "\n")
+    return out / "report.md"
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m trainer report",
+                                description="Write RUN/report/*.png and RUN/report/report.md.")
+    p.add_argument("run", type=Path, help="run folder (holds config.yaml and metrics.json)")
+    p.add_argument("--max-per-class", type=int, default=200, help="validation chips per class in the feature plots")
+    p.add_argument("--no-features", action="store_true", help="skip the feature projections")
+    p.add_argument("--no-inference", action="store_true", help="skip the size/latency measurement")
+    p.add_argument("--large-batch", type=int, default=256, help="the large batch for the latency figures")
+    p.add_argument("--repeats", type=int, default=10, help="timed repeats per latency figure (median)")
+    p.add_argument("--device", default=None, help="cpu | cuda[:i] (default: cuda if available)")
+    args = p.parse_args(argv)
+    try:
+        run = load_run(args.run)
+        path = write_report(run, features=not args.no_features, inference=not args.no_inference,
+                            max_per_class=args.max_per_class, large_batch=args.large_batch,
+                            repeats=args.repeats, device=args.device)
+    except (ConfigError, DataError, TrainingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
