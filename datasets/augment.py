@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
@@ -83,14 +84,19 @@ class AugmentSpec:
         return self.crop_scale != (1.0, 1.0) or self.rotate == "free" or self.translate > 0
 
 
+def window(length: int, size: int) -> np.ndarray:
+    """Source index of each output row (or column) of to_input: centre crop / edge-replicate pad."""
+    return np.clip(np.arange(size) + (length - size) // 2, 0, length - 1)
+
+
 def to_input(img: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 [1,H,W] -> centre crop / edge-replicate pad to uint8 [1,S,S]."""
     h, w = img.shape[-2:]
-    if h == size and w == size:
-        return img
-    rows = (torch.arange(size) + (h - size) // 2).clamp_(0, h - 1)
-    cols = (torch.arange(size) + (w - size) // 2).clamp_(0, w - 1)
-    return img[:, rows[:, None], cols[None, :]]
+    if h >= size and w >= size:  # pure crop: a view, no copy
+        top, left = (h - size) // 2, (w - size) // 2
+        return img[..., top:top + size, left:left + size]
+    rows, cols = torch.from_numpy(window(h, size)), torch.from_numpy(window(w, size))
+    return img.index_select(-2, rows).index_select(-1, cols)
 
 
 def augment(img: torch.Tensor, spec: AugmentSpec, size: int, gen: torch.Generator) -> torch.Tensor:

@@ -22,11 +22,11 @@ from nvidia.dali import Pipeline, fn, types
 from nvidia.dali.plugin.pytorch.torch_utils import to_torch_tensor
 
 from datasets.augment import AugmentSpec
-from datasets.dali_ops import PARAM_TYPES, augment_graph, draw_params, used_params
+from datasets.dali_ops import PARAM_TYPES, augment_graph, draw_params, noise_bank, used_params
 from datasets.sampling import SamplingSpec, check_spec, epoch_plan, rank_batches
 from shards.access import SampleReader
 from shards.errors import DataError
-from shards.index import ClassIndex
+from shards.index import INDEX_NAME, ClassIndex
 
 _PARAM_SALT = 0xDA11
 _DTYPES = {torch.float32: types.FLOAT, torch.float16: types.FLOAT16, torch.bfloat16: types.FLOAT}
@@ -58,14 +58,17 @@ class DaliStream:
                  num_threads: int = 2) -> None:
         index = ClassIndex.load(root)
         self._split = index.split(split)
-        where = str(Path(root) / "index.json")
+        where = f"{Path(root) / INDEX_NAME}: split {split!r}"
         if dtype not in _DTYPES:
             raise DataError(f"{where}: dtype must be float32, float16 or bfloat16, got {dtype}")
         norm = index.splits.get("train", self._split)
-        self._mean, self._std = float(norm.pixel_mean), float(norm.pixel_std)
+        self._mean, self._std = float(norm.pixel_mean), float(norm.pixel_std) or 1.0
         self.classes: list[str] = list(index.classes)
         self.class_counts: np.ndarray = self._split.class_counts()
-        check_spec(self.class_counts, sampling)     # an empty requested class fails here, not mid-run
+        try:        # an empty requested class fails here, before any training step
+            check_spec(self.class_counts, sampling)
+        except DataError as e:
+            raise DataError(f"{where}: {e}") from None
         self.batch_size, self.sampling = batch_size, sampling
         self.augment = augment or AugmentSpec()
         self.input_size, self.seed = input_size, seed
@@ -73,6 +76,7 @@ class DaliStream:
         self.device = resolve_device(device, where)
         self.dtype, self.channels_last, self.num_threads = dtype, channels_last, num_threads
         self._reader = SampleReader(self._split)
+        self._noise = noise_bank(self.augment.speckle, seed)
         self.set_epoch(0)
 
     # -- position in the stream --------------------------------------------------------
@@ -80,13 +84,19 @@ class DaliStream:
         """Select the epoch (its sample plan) and the batch to start from (resume mid-epoch)."""
         plan = epoch_plan(self._split.labels, self.sampling, epoch=epoch,
                           total_epochs=self.total_epochs, seed=self.seed)
-        batches = rank_batches(plan, self.batch_size, self.rank, self.world)
+        where = f"{self._split.root / INDEX_NAME}: split {self._split.name!r}"
+        try:
+            batches = rank_batches(plan, self.batch_size, self.rank, self.world)
+        except DataError as e:
+            raise DataError(f"{where}: {e}") from None
         if not 0 <= start_batch <= len(batches):
-            raise DataError(f"{self._split.root}: start_batch {start_batch} outside 0..{len(batches)} "
-                            f"for epoch {epoch}")
-        self.epoch, self._batches, self.position = epoch, batches, start_batch
+            raise DataError(f"{where}: start_batch {start_batch} outside 0..{len(batches)} "
+                            f"in epoch {epoch}")
+        self.epoch, self._batches = int(epoch), batches
+        self.start_batch = self.position = int(start_batch)
 
     def __len__(self) -> int:
+        """Batches per rank this epoch (same on every rank), including any skipped by start_batch."""
         return len(self._batches)
 
     def state_dict(self) -> dict:
@@ -98,7 +108,7 @@ class DaliStream:
 
     # -- iteration ---------------------------------------------------------------------
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        todo = list(range(self.position, len(self._batches)))
+        todo = list(range(self.start_batch, len(self._batches)))
         if not todo:
             return
         in_flight: deque[int] = deque()      # batch numbers handed to DALI, not yet delivered
@@ -112,8 +122,9 @@ class DaliStream:
                 except RuntimeError as err:
                     raise self._decode_error(list(in_flight), err) from None
                 number = in_flight.popleft()
-                ids = torch.from_numpy(self._batches[number])
-                labels = torch.from_numpy(self._split.labels[self._batches[number]].astype(np.int64))
+                batch = self._batches[number]
+                ids = torch.from_numpy(batch.astype(np.int64))
+                labels = torch.from_numpy(self._split.labels[batch].astype(np.int64))
                 out = self._to_torch(images, pipe)
                 self.position = number + 1
                 yield out, labels.to(out.device), ids.to(out.device)
@@ -132,7 +143,7 @@ class DaliStream:
             data = [np.frombuffer(self._reader.read(int(i)), dtype=np.uint8) for i in ids]
             rng = np.random.default_rng([self.seed, self.epoch, self.rank, number, _PARAM_SALT])
             params = draw_params(self.augment, self._split.height[ids], self._split.width[ids],
-                                 self.input_size, rng)
+                                 self.input_size, rng, self._noise)
             in_flight.append(number)
             return (data, *params.columns(names))
         return feed
@@ -150,8 +161,7 @@ class DaliStream:
                 batch_info=True, dtype=[types.UINT8] + [PARAM_TYPES[n] for n in names])
             params = dict(zip(names, columns))
             image = fn.decoders.image(encoded, device="mixed" if gpu else "cpu", output_type=types.GRAY)
-            x = augment_graph(image, params, self.augment, self.input_size, self.seed,
-                              "gpu" if gpu else "cpu")
+            x = augment_graph(image, params, self.augment, self.input_size, "gpu" if gpu else "cpu")
             out = fn.crop_mirror_normalize(x, mean=self._mean * 255.0, std=self._std * 255.0,
                                            dtype=_DTYPES[self.dtype], output_layout="CHW")
             pipe.set_outputs(out)

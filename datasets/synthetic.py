@@ -320,23 +320,31 @@ def _inside(u: np.ndarray, v: np.ndarray, segs: np.ndarray, length: float) -> np
     return (u >= lo) & (u <= hi) & (np.abs(v) <= segs[:, 2, None, None])
 
 
-def _psf(t: np.ndarray, res: float) -> np.ndarray:
-    """Sinc^2 impulse response (tapered to zero at 3 px) sampled at pixel offsets t."""
+_PSF_OFFSETS = np.arange(-2, 3)
+_PSF_RES = np.linspace(0.9, 1.3, 9)              # main-lobe widths in px, one per chip
+_PSF_FRAC = 32                                 # sub-pixel positions tabulated per px
+
+
+def _psf_table() -> np.ndarray:
+    """Sinc^2 impulse response (tapered to zero at 3 px), tabulated [res, sub-pixel shift, tap]."""
+    t = _PSF_OFFSETS[None, None, :] - (np.arange(_PSF_FRAC + 1) / _PSF_FRAC)[None, :, None]
+    res = _PSF_RES[:, None, None]
     return np.sinc(t / res) ** 2 * (0.5 + 0.5 * np.cos(np.pi * np.clip(t / 3.0, -1, 1)))
 
 
-_PSF_OFFSETS = np.arange(-2, 3)
+_PSF = _psf_table()
 _PAD = 4                                        # canvas margin: kernel radius + points just outside
 
 
-def _splat(img: np.ndarray, rows: np.ndarray, cols: np.ndarray, amp: np.ndarray, res: float) -> None:
+def _splat(img: np.ndarray, rows: np.ndarray, cols: np.ndarray, amp: np.ndarray, res: int) -> None:
     """Add point scatterers at sub-pixel positions, each spread by the impulse response (5x5)."""
     h, w = img.shape
     keep = (rows >= -2) & (rows < h + 1) & (cols >= -2) & (cols < w + 1)
     rows, cols, amp = rows[keep], cols[keep], amp[keep]
     r0, c0 = np.floor(rows).astype(np.intp), np.floor(cols).astype(np.intp)
-    ky = _psf(_PSF_OFFSETS - (rows - r0)[:, None], res) * amp[:, None]     # [n, 5]
-    kx = _psf(_PSF_OFFSETS - (cols - c0)[:, None], res)
+    table = _PSF[res]
+    ky = table[((rows - r0) * _PSF_FRAC).round().astype(np.intp)] * amp[:, None]     # [n, 5]
+    kx = table[((cols - c0) * _PSF_FRAC).round().astype(np.intp)]
     wp = w + 2 * _PAD                              # splat into a padded canvas: no bounds checks
     base = (r0 + _PAD) * wp + (c0 + _PAD)
     flat = base[:, None, None] + (_PSF_OFFSETS * wp)[None, :, None] + _PSF_OFFSETS[None, None, :]
@@ -442,10 +450,11 @@ def render_sar(label: int, rng: np.random.Generator) -> np.ndarray:
     hidden = (facing > 0.2) & (z < 1.5) & (np.abs(side) > 0.3)
     keep = rng.random(amp.size) < 0.85
     amp = 3 * amp * np.where(hidden, 0.15, 1.0) * keep
-    for _ in range(rng.poisson(1.5)):                              # stray clutter: poles, debris
-        px, py = np.append(px, rng.uniform(-9, 9)), np.append(py, rng.uniform(-9, 9))
-        amp = np.append(amp, rng.uniform(5, 40))
-    _splat(intensity, py / sc.gsd + (h - 1) / 2, px / sc.gsd + (w - 1) / 2, amp, rng.uniform(0.9, 1.3))
+    stray = rng.uniform(-9, 9, size=(rng.poisson(1.5), 3))        # stray clutter: poles, debris
+    px, py = np.append(px, stray[:, 0]), np.append(py, stray[:, 1])
+    amp = np.append(amp, 22.5 + 2 * stray[:, 2])
+    res = int(rng.integers(len(_PSF_RES)))
+    _splat(intensity, py / sc.gsd + (h - 1) / 2, px / sc.gsd + (w - 1) / 2, amp, res)
     return _to_8bit(intensity, rng)
 
 

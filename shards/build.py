@@ -30,7 +30,7 @@ from shards.tarscan import dali_index_path
 from shards.writer import ShardPlan
 
 BUILDER = "shards.build/1"
-MIN_IMAGES_PER_WORKER = 500  # below this a worker process costs more than it saves
+MIN_IMAGES_PER_WORKER = 500  # default: small builds stay in one process (pool start-up not worth it)
 
 
 def build_shards(raw: Path, out: Path, *, val_fraction: float = 0.1, seed: int = 0,

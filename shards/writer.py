@@ -10,7 +10,7 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import webdataset as wds
 
@@ -49,22 +49,12 @@ def write_shard(plan: ShardPlan, out: Path, dali_index: bool,
     rec: dict[str, Any] = {"path": plan.path, "label": plan.label, "count": len(plan.images),
                            "keys": [], "crc32": [], "height": [], "width": [],
                            "pixel_n": 0, "pixel_sum": 0, "pixel_sq": 0}
-    with open(tmp, "wb") as f:
-        writer = wds.TarWriter(f, encoder=False, mtime=TAR_MTIME)
-        for im in plan.images:
-            data = read_raw(im)
-            h, w, s, sq = inspect_png(im.path, data, size_range)  # the one decode per image
-            writer.write({"__key__": im.key, "png": data, "cls": str(plan.label).encode()})
-            rec["keys"].append(im.key)
-            rec["crc32"].append(zlib.crc32(data))
-            rec["height"].append(h)
-            rec["width"].append(w)
-            rec["pixel_n"] += h * w
-            rec["pixel_sum"] += s
-            rec["pixel_sq"] += sq
-        writer.close()
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            write_samples(plan, f, rec, size_range)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # bad input or interrupt: leave no partial file behind
+        raise
     members = scan_members(tmp)
     png = {m.key: m for m in members if m.ext == "png"}
     rec["offset"] = [png[k].offset for k in rec["keys"]]
@@ -75,6 +65,26 @@ def write_shard(plan: ShardPlan, out: Path, dali_index: bool,
         write_atomic(dali_index_path(final), dali_index_text(members))
     os.replace(tmp, final)
     return rec
+
+
+def write_samples(plan: ShardPlan, f: BinaryIO, rec: dict[str, Any],
+                  size_range: tuple[int, int]) -> None:
+    """Stream the plan's images into the tar `f`, validating each; fills the record."""
+    writer = wds.TarWriter(f, encoder=False, mtime=TAR_MTIME)
+    for im in plan.images:
+        data = read_raw(im)
+        h, w, s, sq = inspect_png(im.path, data, size_range)  # the one decode per image
+        writer.write({"__key__": im.key, "png": data, "cls": str(plan.label).encode()})
+        rec["keys"].append(im.key)
+        rec["crc32"].append(zlib.crc32(data))
+        rec["height"].append(h)
+        rec["width"].append(w)
+        rec["pixel_n"] += h * w
+        rec["pixel_sum"] += s
+        rec["pixel_sq"] += sq
+    writer.close()
+    f.flush()
+    os.fsync(f.fileno())
 
 
 def still_valid(plan: ShardPlan, prev: dict[str, Any], out: Path, dali_index: bool) -> bool:

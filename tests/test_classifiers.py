@@ -133,8 +133,15 @@ def test_train_head_maps_labels_to_subset_head_columns():
     train_head_on_features(head, feats[keep], labels[keep], epochs=5, lr=0.1, batch_size=16)
     preds = torch.tensor(head.classes)[head(feats[keep]).argmax(1)]
     assert torch.equal(preds, labels[keep])
-    with pytest.raises(ConfigError, match="labels \\[0\\] are not among"):
-        train_head_on_features(head, feats, labels, epochs=1, lr=0.1, batch_size=16)
+    # Samples of classes outside the head are left out: the same data without them gives the
+    # same head.
+    a, b = Head(4, [1, 2]), Head(4, [1, 2])
+    b.load_state_dict(a.state_dict())
+    train_head_on_features(a, feats, labels, epochs=2, lr=0.1, batch_size=16, seed=1)
+    train_head_on_features(b, feats[keep], labels[keep], epochs=2, lr=0.1, batch_size=16, seed=1)
+    assert torch.equal(a.weight, b.weight)
+    with pytest.raises(ConfigError, match="samples"):
+        train_head_on_features(a, feats[~keep], labels[~keep], epochs=1, lr=0.1, batch_size=16)
 
 
 def test_sampling_is_class_balanced_by_default_and_follows_weights():

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import pickle
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -229,3 +228,51 @@ def test_dali_reads_shards_with_our_index_files(tiny_raw, tiny_shards):
     png, cls = p.run()
     got = [(bytes(np.asarray(png[i])), int(bytes(np.asarray(cls[i])))) for i in range(count)]
     assert got == [raw[k] for k in split.keys[:count]]
+
+
+def test_abandoned_build_of_other_options_is_discarded(tiny_raw, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    real = writer.write_shard
+    calls = []
+
+    def crash_after_2(*args):
+        if len(calls) == 2:
+            raise RuntimeError("power cut")
+        calls.append(args[0].path)
+        return real(*args)
+
+    monkeypatch.setattr(writer, "write_shard", crash_after_2)
+    with pytest.raises(RuntimeError):
+        build_shards(tiny_raw, out, seed=0, shard_size=4, workers=1)
+    monkeypatch.setattr(writer, "write_shard", real)
+    build_shards(tiny_raw, out, seed=1, shard_size=8, workers=1)  # the user changed their mind
+    build_shards(tiny_raw, tmp_path / "ref", seed=1, shard_size=8, workers=1)
+    assert tree(out) == tree(tmp_path / "ref")
+
+
+def test_interrupted_new_split_keeps_the_old_index_valid(tiny_shards, tmp_path, monkeypatch):
+    from shards.verify import verify
+
+    before = (tiny_shards / "index.json").read_bytes()
+    write_flat(tmp_path / "test_images", {1000 + i: i % 4 for i in range(10)}, tmp_path / "t.csv")
+    kw = dict(split="test", labels_csv=tmp_path / "t.csv", shard_size=2, workers=1)
+
+    def crash(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writer, "write_shard", crash)
+    with pytest.raises(KeyboardInterrupt):
+        build_shards(tmp_path / "test_images", tiny_shards, **kw)
+    assert (tiny_shards / "index.json").read_bytes() == before
+    assert verify(tiny_shards).samples == 61  # the old index still describes intact shards
+    monkeypatch.undo()
+    assert len(build_shards(tmp_path / "test_images", tiny_shards, **kw).split("test")) == 10
+    assert verify(tiny_shards).samples == 71
+
+
+def test_without_dali_index(tiny_raw, tmp_path):
+    from shards.verify import verify
+
+    build_shards(tiny_raw, tmp_path / "out", shard_size=8, workers=1, dali_index=False)
+    assert not list((tmp_path / "out").rglob("*.idx"))
+    assert verify(tmp_path / "out").dali_indexes == 0

@@ -62,7 +62,7 @@ def test_not_a_png(raw, tmp_path):
 
 
 @pytest.mark.parametrize("pixels, what", [
-    (np.zeros((56, 56, 3), np.uint8), "colour image"),
+    (np.zeros((56, 56, 3), np.uint8), r"colour image \(mode RGB\)"),
     (np.full((56, 56), 3000, np.uint16), "16-bit image"),
 ])
 def test_wrong_pixel_format(raw, tmp_path, pixels, what):

@@ -15,13 +15,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.errors import ConfigError
+from trainer.metrics import evaluate
 from trainer.models.heads import Head
 
 
 def balanced_accuracy(preds: torch.Tensor, labels: torch.Tensor) -> float:
-    """Mean recall over the classes present in `labels`."""
-    recalls = [(preds[labels == c] == c).float().mean().item() for c in torch.unique(labels)]
-    return float(np.mean(recalls)) if recalls else 0.0
+    """Mean recall over the classes present in `labels` (0 when there are none)."""
+    if len(labels) == 0:
+        return 0.0
+    num_classes = int(max(preds.max(), labels.max())) + 1
+    return evaluate(preds, labels, num_classes=num_classes)["balanced_acc"]
 
 
 # --- τ-normalisation ---------------------------------------------------------------------
@@ -137,20 +140,25 @@ def train_head_on_features(head: nn.Module, features: torch.Tensor, labels: torc
     """SGD (momentum, cosine LR) with cross-entropy on cached features, training only the
     head's parameters that require grad. Each epoch draws len(features) samples with
     replacement so that class j is drawn with probability p_j (`weights_per_class`;
-    default class-balanced over the classes present). Returns the head, trained in place."""
-    classes = list(getattr(head, "classes", range(int(labels.max()) + 1)))
-    targets = _positions(labels, classes)
-    p = _sample_probs(targets, len(classes), weights_per_class, classes)
+    default class-balanced over the classes present). Samples of classes the head does not
+    predict are left out. Returns the head, trained in place."""
     params = [q for q in head.parameters() if q.requires_grad]
     if not params or epochs < 1 or batch_size < 1 or len(labels) == 0:
         raise ConfigError("train_head_on_features: needs trainable parameters, samples, epochs ≥ 1 and batch_size ≥ 1")
+    classes = list(getattr(head, "classes", range(int(labels.max()) + 1)))
+    targets = _positions(labels, classes).to(features.device)
+    keep = targets >= 0
+    features, targets = features[keep], targets[keep]
+    if len(targets) == 0:
+        raise ConfigError(f"train_head_on_features: no samples of the head's classes {classes}")
+    p = _sample_probs(targets, len(classes), weights_per_class, classes)
     gen = torch.Generator().manual_seed(seed)
-    steps = math.ceil(len(labels) / batch_size)
+    steps = math.ceil(len(targets) / batch_size)
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps)
     head.train()
     for _ in range(epochs):
-        draw = torch.multinomial(p, len(labels), replacement=True, generator=gen).to(features.device)
+        draw = torch.multinomial(p, len(targets), replacement=True, generator=gen).to(features.device)
         for batch in draw.split(batch_size):
             loss = F.cross_entropy(head(features[batch].float()), targets[batch])
             opt.zero_grad(set_to_none=True)
@@ -175,14 +183,10 @@ def crt_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int, *, 
 
 
 def _positions(labels: torch.Tensor, classes: list[int]) -> torch.Tensor:
-    """Original class ids → output column of the head."""
+    """Original class ids → output column of the head (-1 for classes not in the head)."""
     lookup = torch.full((max(max(classes), int(labels.max())) + 1,), -1, dtype=torch.long)
     lookup[torch.tensor(classes)] = torch.arange(len(classes))
-    pos = lookup[labels.cpu()]
-    if (pos < 0).any():
-        missing = sorted(set(labels.cpu().tolist()) - set(classes))
-        raise ConfigError(f"train_head_on_features: labels {missing} are not among the head's classes {classes}")
-    return pos.to(labels.device)
+    return lookup[labels.cpu()].to(labels.device)
 
 
 def _sample_probs(targets: torch.Tensor, num: int, weights_per_class, classes: list[int]) -> torch.Tensor:

@@ -90,7 +90,7 @@ def measure(model: nn.Module, input_size: int, *, device: torch.device | None = 
 
 def to_markdown(fig: dict) -> str:
     """The figures as a short markdown table, latencies in ms per chip."""
-    lines = [f"- parameters: {fig['parameters']:,} ({fig['parameters'] / 1e6:.2f} M)",
+    lines = [f"- parameters: {fig['parameters']:,} ({fig['parameters'] / 1e6:.3g} M)",
              f"- saved state_dict: {fig['state_dict_mib']:.2f} MiB ({fig['state_dict_bytes']:,} bytes)",
              f"- device: {fig['device']} (torch {fig['torch']}), input {fig['input_size']}×{fig['input_size']},"
              f" fp32, median of {fig['repeats']} repeats after {fig['warmup']} warmup",

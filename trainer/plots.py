@@ -116,7 +116,8 @@ def feature_projection(path: Path, panels: list[tuple[str, np.ndarray, np.ndarra
         # Draw class 0 last so the red points are not hidden under the many other classes' points.
         for c in sorted(set(labels.tolist()), key=lambda c: (c == 0, c)):
             sel = labels == c
-            ax.scatter(pts[sel, 0], pts[sel, 1], s=7, alpha=0.7, color=colours[c], linewidths=0,
+            ax.scatter(pts[sel, 0], pts[sel, 1], s=7 if len(labels) > 400 else 18, alpha=0.7,
+                       color=colours[c], linewidths=0,
                        label=class_labels[c])
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(f"{method} 1")
@@ -150,7 +151,10 @@ def training_curves(path: Path, history: list[dict], stage_names: dict[int, str]
                    and r.get("kind") == kind and isinstance(r.get(key), (int, float))]
             if pts:
                 px, py = np.array(pts, dtype=float).T
-                ax.plot(px, scale * py, style, ms=3, lw=1.2, color=colour, label=label if first else None)
+                # Short runs log few points: mark them, or a one-point stage would be invisible.
+                marker = {} if "o" in style or "s" in style or len(px) > 40 else {"marker": "."}
+                ax.plot(px, scale * py, style, ms=3, lw=1.2, color=colour, label=label if first else None,
+                        **marker)
                 first = False
     for ax, ylabel in zip(axes, ["loss", "learning rate", "val accuracy (%)"]):
         ax.set_ylabel(ylabel)
@@ -171,13 +175,13 @@ def training_curves(path: Path, history: list[dict], stage_names: dict[int, str]
 
 
 def global_steps(history: list[dict]) -> list[float]:
-    """A monotone x for every history record: `step` if it keeps growing across stages, otherwise
-    `step` offset by where the previous stages ended; records without `step` use `epoch`."""
+    """A monotone x for every history record: `global_step` (or `step`) if it keeps growing across
+    stages, otherwise offset by where the previous stages ended; else `epoch`."""
     xs: list[float] = []
     offset, stage_max, current = 0.0, 0.0, None
     for r in history:
         stage = r.get("stage")
-        raw = r.get("step", r.get("epoch", len(xs)))
+        raw = r.get("global_step", r.get("step", r.get("epoch", len(xs))))
         raw = float(raw) if isinstance(raw, (int, float)) else float(len(xs))
         if stage != current:
             if current is not None and raw + offset < stage_max:

@@ -13,14 +13,18 @@ decision is the same on every rank (all read the same reduction), just a couple 
 """
 from __future__ import annotations
 
+import os
 import signal
 import threading
+import time
 from collections import deque
 
 import torch
 
 DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 CUDA_LAG = 2            # steps between issuing a reduction on the GPU and reading it
+# Tests only: seconds to sleep in every check, so that a tiny run can be signalled mid-stage.
+TEST_DELAY_ENV = "SAR_PREEMPT_TEST_DELAY"
 
 _received: int | None = None   # first signal number received in this process
 _installed: set[int] = set()
@@ -62,6 +66,9 @@ def stop_requested(accelerator) -> bool:
     """True on every rank once any rank got a signal. A collective when there are several
     processes: call it on all ranks after the same optimizer steps."""
     global _agreed
+    delay = float(os.environ.get(TEST_DELAY_ENV) or 0)
+    if delay > 0:
+        time.sleep(delay)
     if not _installed:
         install()  # a trainer that forgot install() still stops cleanly from the first step on
     if _agreed:

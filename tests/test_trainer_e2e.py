@@ -1,0 +1,139 @@
+"""Every recipe end to end on tiny shards (tiny model, 16 px, 1 epoch per stage), the run
+folder and metrics.json contract, predict/evaluate, and the bad-input errors."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from trainer.__main__ import main
+from trainer_helpers import TINY, build_tiny, recipe_overrides
+
+EVAL_KEYS = {"top1", "balanced_acc", "per_class_acc", "groups", "confusion"}
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    return build_tiny(tmp_path_factory.mktemp("tiny"))
+
+
+def train(recipe: str, shards: Path, run: Path, *extra: str) -> int:
+    return main(["--config", recipe, f"data.shards={shards}", f"run.dir={run}", *TINY,
+                 *recipe_overrides(recipe), *extra])
+
+
+def check_eval(ev: dict, classes: int) -> None:
+    assert EVAL_KEYS <= set(ev)
+    assert 0 <= ev["top1"] <= 1 and 0 <= ev["balanced_acc"] <= 1
+    assert len(ev["per_class_acc"]) == classes
+    assert {"head", "middle", "tail", "many", "medium", "few"} <= set(ev["groups"])
+    assert len(ev["confusion"]) == classes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["joint_mini", "two_stage_mini", "decoupled_mini", "three_stage_mini"])
+def test_recipe_end_to_end(recipe, shards, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(recipe, shards, run) == 0
+    out = capsys.readouterr().out
+    assert "bal_acc" in out and "head" in out  # the summary table
+
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["classes"] == ["0", "1", "2", "3"]
+    from trainer.config import load_run_config
+    cfg = load_run_config(run)
+    assert [s["name"] for s in m["stages"]] == [s["name"] for s in cfg["stages"]]
+    for s in m["stages"]:
+        check_eval(s["val"], 4)
+    check_eval(m["final"]["val"], 4)
+    check_eval(m["final"]["test"], 4)  # the shards have a test split
+    assert m["final"]["test"]["num_samples"] == 8
+    if recipe == "decoupled_mini":
+        for split in ("val", "test"):
+            assert set(m["final"][split]["classifiers"]) == {"crt", "ncm", "tau_norm", "lws"}
+            for ev in m["final"][split]["classifiers"].values():
+                check_eval(ev, 4)
+        assert 0 <= m["final"]["val"]["classifiers"]["tau_norm"]["tau"] <= 2
+    for i, st in enumerate(cfg["stages"]):
+        folder = run / "stages" / f"{i}-{st['name']}"
+        assert (folder / "model.pt").is_file()
+        assert json.loads((folder / "head.json").read_text())["num_classes"] == 4
+    if recipe == "three_stage_mini":
+        heads = [json.loads((run / "stages" / f"{i}-{s['name']}" / "head.json").read_text())["classes"]
+                 for i, s in enumerate(cfg["stages"])]
+        assert heads == [[0, 1, 2, 3], [1, 2, 3], [0, 1, 2, 3], [0, 1, 2, 3]]
+        # stage 2 never saw class 0 and cannot predict it
+        assert m["stages"][1]["val"]["per_class_acc"][0] == 0.0
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert {h["kind"] for h in history} == {"train", "val"}
+    assert all(math.isfinite(h["loss"]) for h in history if h["kind"] == "train")
+    assert list((run / "tb").rglob("events.out.tfevents*"))
+    assert (run / "config.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_predict_evaluate_rerun_and_refusals(shards, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train("joint_mini", shards, run) == 0
+    capsys.readouterr()
+
+    out = tmp_path / "results.csv"
+    images = shards.parent / "test_images"
+    assert main(["predict", "--run", str(run), "--images", str(images), "--out", str(out)]) == 0
+    rows = list(csv.reader(out.open()))
+    assert rows[0] == ["image_id", "class_id"]
+    assert sorted(int(r[0]) for r in rows[1:]) == list(range(1000, 1008))  # EO_ file ignored
+    assert all(0 <= int(r[1]) < 4 for r in rows[1:])
+
+    assert main(["evaluate", "--run", str(run), "--split", "test", "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    m = json.loads((run / "metrics.json").read_text())
+    assert ev["top1"] == m["final"]["test"]["top1"]  # same weights, same numbers
+
+    # The same command again: already finished, prints the table.
+    assert train("joint_mini", shards, run) == 0
+    assert "already finished" in capsys.readouterr().err
+    # Another recipe into the same folder is refused.
+    assert train("joint_mini", shards, run, "optim.lr=0.3") == 2
+    assert "different recipe" in capsys.readouterr().err
+
+    assert main(["evaluate", "--run", str(run), "--split", "nope"]) == 2
+    assert "splits" in capsys.readouterr().err
+
+
+def test_missing_shards_is_a_clear_error(tmp_path, capsys):
+    code = main(["--config", "joint_mini", f"data.shards={tmp_path / 'none'}", f"run.dir={tmp_path / 'r'}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(tmp_path / "none") in err
+    assert not (tmp_path / "r" / "config.yaml").exists()
+
+
+def test_recipe_classes_must_match_shards(shards, tmp_path, capsys):
+    assert main(["--config", "three_stage_mini", f"data.shards={shards}", f"run.dir={tmp_path / 'r'}"]) == 2
+    err = capsys.readouterr().err
+    assert "stages.1.sampler.classes" in err and "4 classes" in err
+
+
+def test_unknown_key_on_command_line(tmp_path, capsys):
+    assert main(["--config", "joint_mini", "optim.lrr=0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "optim.lrr" in err and "did you mean 'lr'" in err
+
+
+def test_bad_sampler_and_loss_settings(shards, tmp_path, capsys):
+    assert main(["--config", "joint_mini", f"data.shards={shards}", f"run.dir={tmp_path / 'a'}",
+                 "stages.0.sampler.q=0.5"]) == 2
+    assert "stages.0.sampler" in capsys.readouterr().err
+    assert train("joint_mini", shards, tmp_path / "b", "stages.0.loss.name=nope") == 2
+    assert "loss" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_nan_loss_names_stage_and_step(shards, tmp_path, capsys):
+    assert train("joint_mini", shards, tmp_path / "r", "optim.lr=1e30", "optim.warmup_epochs=0") == 2
+    err = capsys.readouterr().err
+    assert "stage 0 (joint)" in err and "step" in err and "loss is" in err
