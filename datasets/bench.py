@@ -41,6 +41,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seconds", type=float, default=10.0, help="timed seconds per loader")
+    p.add_argument("--rounds", type=int, default=2, help="alternate the loaders this many times")
     p.add_argument("--input-size", type=int, default=56)
     p.add_argument("--loader", choices=("reader", "torch", "dali"), default="reader")
     return p.parse_args(argv)
@@ -114,18 +115,34 @@ def bench_reader(args: argparse.Namespace) -> None:
     stream = ShardStream(args.shards, args.split, batch_size=args.batch_size,
                          sampling=SamplingSpec(kind="instance", epoch_size=size), augment=None,
                          input_size=args.input_size)
-    folder, found = imagefolder_loader(raw_class_root(args.raw), set(split.keys), args,
-                                       stream.mean, stream.std, size)
+    raw, keys = raw_class_root(args.raw), set(split.keys)
+    _, found = imagefolder_loader(raw, keys, args, stream.mean, stream.std, size)
     if found != len(split):
         raise DataError(f"{args.raw}: ImageFolder found {found} of the {len(split)} "
                         f"{args.split} chips of {args.shards}; is it the raw folder they were built from?")
     print(f"chips: {len(split)} ({args.split}), batch {args.batch_size}, workers {args.workers}, "
-          f"{args.seconds:g} s each, cpus {os.cpu_count()}")
-    shard_rate, n1 = throughput(make_loader(stream, args.workers), args.seconds)
+          f"{args.rounds} x {args.seconds / args.rounds:g} s each, cpus {os.cpu_count()}")
+    rates = alternate({"shard": lambda: make_loader(stream, args.workers),
+                       "folder": lambda: imagefolder_loader(raw, keys, args, stream.mean, stream.std, size)[0]},
+                      args.seconds, args.rounds)
+    (shard_rate, n1), (folder_rate, n2) = rates["shard"], rates["folder"]
     print(f"shard reader (ShardStream, decode_png): {shard_rate:10.0f} images/s ({n1} images)")
-    folder_rate, n2 = throughput(folder, args.seconds)
     print(f"ImageFolder + PIL + DataLoader:        {folder_rate:10.0f} images/s ({n2} images)")
     print(f"ratio shard reader / ImageFolder: {shard_rate / max(folder_rate, 1e-9):.2f}x")
+
+
+def alternate(loaders: dict[str, Any], seconds: float, rounds: int) -> dict[str, tuple[float, int]]:
+    """Time each loader `rounds` times, taking turns, so a change in machine load (shared
+    cores) hits all of them alike; returns images/s over all rounds and images timed."""
+    images = {name: 0 for name in loaders}
+    spent = {name: 0.0 for name in loaders}
+    for _ in range(rounds):
+        for name, make in loaders.items():
+            rate, n = throughput(make(), seconds / rounds)
+            images[name] += n
+            spent[name] += n / rate if rate > 0 else 0.0
+    return {name: (images[name] / spent[name] if spent[name] > 0 else 0.0, images[name])
+            for name in loaders}
 
 
 def bench_augmented(args: argparse.Namespace) -> None:
@@ -135,33 +152,42 @@ def bench_augmented(args: argparse.Namespace) -> None:
     kw = dict(batch_size=args.batch_size, sampling=SamplingSpec(kind="class", per_class=per_class),
               augment=STRONG, input_size=args.input_size)
     print(f"stage-3 stream: per_class={per_class}, strong augmentation, batch {args.batch_size}, "
-          f"workers {args.workers}, {args.seconds:g} s each, cpus {os.cpu_count()}")
-    torch_rate, n = throughput(make_loader(ShardStream(args.shards, args.split, **kw), args.workers),
-                               args.seconds)
-    print(f"torch (ShardStream + DataLoader): {torch_rate:10.0f} images/s ({n} images)")
+          f"workers {args.workers}, {args.rounds} x {args.seconds / args.rounds:g} s each, "
+          f"cpus {os.cpu_count()}")
+    loaders: dict[str, Any] = {
+        "torch": lambda: make_loader(ShardStream(args.shards, args.split, **kw), args.workers)}
+    dali = dali_factory(args, kw)
+    if dali is not None:
+        loaders["dali"] = dali
+    rates = alternate(loaders, args.seconds, args.rounds)
+    print(f"torch (ShardStream + DataLoader): {rates['torch'][0]:10.0f} images/s ({rates['torch'][1]} images)")
+    if "dali" in rates:
+        device = "gpu" if torch.cuda.is_available() else "cpu"
+        print(f"dali ({device}, DaliStream):          {rates['dali'][0]:10.0f} images/s ({rates['dali'][1]} images)")
+        print(f"ratio dali / torch: {rates['dali'][0] / max(rates['torch'][0], 1e-9):.2f}x")
+
+
+def dali_factory(args: argparse.Namespace, kw: dict[str, Any]) -> Any:
+    """A maker of DaliStreams, or None (after saying why) where DALI cannot run here."""
     try:
         from datasets.dali import DaliStream
-    except Exception as e:  # DALI missing or broken: say so, keep the torch number
-        print(f"dali: unavailable ({type(e).__name__}: {e})")
-        return
-    device = "gpu" if torch.cuda.is_available() else "cpu"
-    try:
-        dali = DaliStream(args.shards, args.split, device=device, **kw)
-        dali_rate, n = throughput(dali, args.seconds)
+
+        device = "gpu" if torch.cuda.is_available() else "cpu"
+        make = lambda: DaliStream(args.shards, args.split, device=device, **kw)  # noqa: E731
+        make()  # fail here, once, rather than mid-benchmark
+        return make
     except DataError:
         raise
-    except Exception as e:
-        print(f"dali: failed ({type(e).__name__}: {e})")
-        return
-    print(f"dali ({device}):                   {dali_rate:10.0f} images/s ({n} images)")
-    print(f"ratio dali / torch: {dali_rate / max(torch_rate, 1e-9):.2f}x")
+    except Exception as e:  # DALI missing or broken: say so, keep the torch number
+        print(f"dali: unavailable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
-        if args.batch_size < 1 or args.workers < 0 or args.seconds <= 0:
-            raise DataError("--batch-size must be >= 1, --workers >= 0, --seconds > 0")
+        if args.batch_size < 1 or args.workers < 0 or args.seconds <= 0 or args.rounds < 1:
+            raise DataError("--batch-size and --rounds must be >= 1, --workers >= 0, --seconds > 0")
         bench_reader(args) if args.loader == "reader" else bench_augmented(args)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -44,8 +44,9 @@ def resolve_device(device: str, where: str) -> str:
 
 
 def local_gpu() -> int:
-    """This process's GPU: LOCAL_RANK as set by accelerate/torchrun, else torch's current device."""
-    return int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))
+    """This process's GPU: LOCAL_RANK as set by accelerate/torchrun (modulo the visible GPUs,
+    for launchers that give each process one), else torch's current device."""
+    return int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())) % torch.cuda.device_count()
 
 
 class DaliStream:
@@ -76,7 +77,7 @@ class DaliStream:
         self.device = resolve_device(device, where)
         self.dtype, self.channels_last, self.num_threads = dtype, channels_last, num_threads
         self._reader = SampleReader(self._split)
-        self._noise = noise_bank(self.augment.speckle, seed)
+        self._noise = noise_bank(self.augment.speckle, seed, input_size)
         self.set_epoch(0)
 
     # -- position in the stream --------------------------------------------------------

@@ -12,11 +12,12 @@ Geometry (steps 0–3) is at most two `warp_affine`s whose matrices are composed
          exact rot90/flip permutations are folded into it too.
   warp:  canvas -> output, bilinear, rot90/flips + crop/rotation/translation in one matrix,
          filled with the median of the canvas ring (computed exactly in the graph).
-Speckle (step 6) multiplies by an S×S window cut (and mirrored) at a random place from a fixed
-bank of Gamma(L, 1/L) draws, L = 1/speckle², made once per stream: exact Gamma marginals, and
-cheap (a gather in numpy, 2 bytes a pixel through external_source, then one multiply) where
-generating the field in the graph was ~3x slower on CPU. Why not keep the bank in the graph: a
-DALI constant is copied into every sample of every batch (~1 MB each), slower still.
+Speckle (step 6) multiplies by an S×S window of one of K fixed (S+8)² fields of Gamma(L, 1/L)
+draws, L = 1/speckle², made once per stream: the source passes a view of a random field (no
+copy in Python), the graph cuts it at a random offset and mirrors it (K·81·4 variants). Exact
+Gamma marginals, and cheap: generating the field in the graph was ~3x slower on CPU; a bank
+kept in the graph as a constant is copied into every sample of every batch; gathering
+windows in numpy cost ~50 µs an image in the source.
 """
 from __future__ import annotations
 
@@ -27,9 +28,11 @@ from nvidia.dali import fn, math as dmath, types
 
 from datasets.augment import AugmentSpec
 
-NOISE_BANK_SIDE = 1024          # 1024² draws; with 4 mirrorings ~3.5·10⁶ distinct 56² windows
+NOISE_FIELDS = 1024               # K fields of (S + NOISE_MARGIN)² fp16: ~8 MB at S = 56
+NOISE_MARGIN = 8
 # external_source columns after the encoded bytes: name -> DALI type
 PARAM_TYPES = {"place": types.FLOAT, "matrix": types.FLOAT, "noise": types.FLOAT16,
+               "noise_pos": types.FLOAT, "noise_flip": types.INT32,
                "brightness": types.FLOAT, "contrast": types.FLOAT}
 
 
@@ -39,7 +42,9 @@ class BatchParams:
 
     place: np.ndarray       # float32 [n, 2, 3]: canvas/output pixel -> decoded image point
     matrix: np.ndarray      # float32 [n, 2, 3]: output point -> canvas point (step 1–3 warp)
-    noise: np.ndarray       # float16 [n, S, S, 1]: speckle factors (ones without speckle)
+    noise: list[np.ndarray]  # n views of float16 [S+8, S+8, 1] noise fields (ones without speckle)
+    noise_pos: np.ndarray   # float32 [n, 2]: relative (y, x) of the S×S window in its field
+    noise_flip: np.ndarray  # int32 [n, 2]: mirror the window (horizontal, vertical)
     brightness: np.ndarray  # float32 [n]
     contrast: np.ndarray    # float32 [n]
 
@@ -51,6 +56,7 @@ class BatchParams:
 def used_params(spec: AugmentSpec) -> list[str]:
     """The parameter columns the graph of `spec` reads (DALI warns about unused ones)."""
     wanted = {"place": True, "matrix": spec.warps, "noise": spec.speckle > 0,
+              "noise_pos": spec.speckle > 0, "noise_flip": spec.speckle > 0,
               "brightness": spec.brightness > 0, "contrast": spec.contrast > 0}
     return [name for name in PARAM_TYPES if wanted[name]]
 
@@ -58,7 +64,7 @@ def used_params(spec: AugmentSpec) -> list[str]:
 def draw_params(spec: AugmentSpec, height: np.ndarray, width: np.ndarray, size: int,
                 rng: np.random.Generator, bank: np.ndarray | None = None) -> BatchParams:
     """Draw every per-sample random parameter of one batch (vectorised numpy); `bank` is
-    `noise_bank(spec.speckle, seed)`, needed when spec.speckle > 0."""
+    `noise_bank(spec.speckle, seed, size)`, needed when spec.speckle > 0."""
     n = len(height)
     permute = _rot90_and_flips(spec, n, size, rng)          # steps 1–2, exact
     place = _canvas(height, width, size)                    # step 0
@@ -69,21 +75,19 @@ def draw_params(spec: AugmentSpec, height: np.ndarray, width: np.ndarray, size: 
     return BatchParams(
         place=place[:, :2].astype(np.float32),
         matrix=matrix[:, :2].astype(np.float32),
-        noise=_noise_windows(bank, n, size, rng),
+        noise=_noise_fields(bank, n, rng),
+        noise_pos=(rng.integers(0, NOISE_MARGIN + 1, (n, 2)) / NOISE_MARGIN).astype(np.float32),
+        noise_flip=rng.integers(0, 2, (n, 2), dtype=np.int32),
         brightness=_factor(spec.brightness, n, rng),
         contrast=_factor(spec.contrast, n, rng),
     )
 
 
-def _noise_windows(bank: np.ndarray | None, n: int, size: int,
-                   rng: np.random.Generator) -> np.ndarray:
-    """[n, S, S, 1] windows of the bank at random places, each maybe mirrored on either axis."""
+def _noise_fields(bank: np.ndarray | None, n: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """n random fields of the bank, as views (external_source copies them once, into DALI)."""
     if bank is None:
-        return np.ones((n, 1, 1, 1), np.float16)
-    side, ar = bank.shape[0], np.arange(size)
-    rows = rng.integers(0, side - size + 1, n)[:, None] + np.where(rng.random((n, 1)) < 0.5, ar, ar[::-1])
-    cols = rng.integers(0, side - size + 1, n)[:, None] + np.where(rng.random((n, 1)) < 0.5, ar, ar[::-1])
-    return bank[rows[:, :, None], cols[:, None, :]]
+        return [np.ones((1, 1, 1), np.float16)] * n
+    return [bank[k] for k in rng.integers(0, len(bank), n)]
 
 
 def _factor(amount: float, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -139,28 +143,34 @@ def _affine(a, b, c, d, tx, ty) -> np.ndarray:
     return m
 
 
-def noise_bank(speckle: float, seed: int) -> np.ndarray | None:
-    """float16 [side, side, 1] of Gamma(L, 1/L) draws, L = 1/speckle²: mean 1, std `speckle`
+def noise_bank(speckle: float, seed: int, size: int) -> np.ndarray | None:
+    """float16 [K, S+8, S+8, 1] Gamma(L, 1/L) draws, L = 1/speckle²: mean 1, std `speckle`
     (None without speckle). fp16 keeps ~3 significant digits: plenty for a noise factor."""
     if speckle <= 0:
         return None
-    looks = 1.0 / speckle ** 2
+    looks, side = 1.0 / speckle ** 2, size + NOISE_MARGIN
     rng = np.random.default_rng([seed, 0x5BECC1E])
-    return rng.gamma(looks, 1.0 / looks, (NOISE_BANK_SIDE, NOISE_BANK_SIDE, 1)).astype(np.float16)
+    return rng.gamma(looks, 1.0 / looks, (NOISE_FIELDS, side, side, 1)).astype(np.float16)
 
 
 def ring_median(canvas, size: int):
     """Lower median of each uint8 canvas's outer 1-px ring (torch.median's choice), exactly:
-    the number of grey levels v whose count of ring pixels <= v is below the median's rank."""
+    the smallest grey level v with at least `rank` ring pixels <= v, found in two radix-16
+    rounds (which 16-level bucket, then which level in it). Fewer graph ops than bisection
+    and 1/8 of the comparisons of a full 256-level count: ~35% faster on CPU than either."""
     def flat(t):
         return fn.reshape(t, shape=[-1])
     ring = fn.cat(flat(canvas[0]), flat(canvas[size - 1]), flat(canvas[1:size - 1, 0]),
                   flat(canvas[1:size - 1, size - 1]), axis=0)
-    levels = types.Constant(np.arange(256, dtype=np.uint8).reshape(256, 1))
-    at_most = fn.reductions.sum(fn.cast(fn.reshape(ring, shape=[1, -1]) <= levels,
-                                        dtype=types.INT32), axes=1)
+    ring = fn.reshape(fn.cast(ring, dtype=types.INT32), shape=[1, -1])
     rank = (4 * size - 4 - 1) // 2 + 1
-    return fn.cast(fn.reductions.sum(fn.cast(at_most < rank, dtype=types.INT32)), dtype=types.FLOAT)
+    steps = types.Constant(np.arange(16, dtype=np.int32).reshape(16, 1))
+
+    def levels_below(levels):   # how many of the 16 levels have < rank ring pixels <= them
+        at_most = fn.reductions.sum(fn.cast(ring <= levels, dtype=types.INT32), axes=1)
+        return fn.reductions.sum(fn.cast(at_most < rank, dtype=types.INT32))
+    bucket = levels_below(steps * 16 + 15) * 16
+    return fn.cast(bucket + levels_below(bucket + steps), dtype=types.FLOAT)
 
 
 def augment_graph(image, params: dict, spec: AugmentSpec, size: int, device: str):
@@ -181,8 +191,11 @@ def augment_graph(image, params: dict, spec: AugmentSpec, size: int, device: str
         mean = fn.reductions.mean(x)
         x = (x - mean) * params["contrast"] + mean
     if spec.speckle > 0:                                                     # step 6
-        noise = params["noise"]
-        x = x * (noise.gpu() if device == "gpu" else noise)
+        noise = params["noise"].gpu() if device == "gpu" else params["noise"]
+        pos, flip = params["noise_pos"], params["noise_flip"]
+        window = fn.crop(noise, crop=[size, size], crop_pos_y=pos[0], crop_pos_x=pos[1],
+                         dtype=types.FLOAT)                 # (flip takes no fp16 on CPU)
+        x = x * fn.flip(window, horizontal=flip[0], vertical=flip[1])
     if spec.warps or spec.brightness > 0 or spec.contrast > 0 or spec.speckle > 0:
         x = dmath.clamp(x, np.float32(0.0), np.float32(255.0))              # step 7
     return x

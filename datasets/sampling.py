@@ -18,6 +18,10 @@ _FIXED_Q = {"instance": 1.0, "class": 0.0, "sqrt": 0.5, "sequential": 1.0}
 
 @dataclass
 class SamplingSpec:
+    """How one stage draws its epochs. per_class overrides the kind's weights (every kept class
+    gets exactly per_class draws); kind then only decides shuffling (all but sequential shuffle).
+    An explicit class filter or per_class naming a class without samples is a DataError."""
+
     kind: str = "instance"        # instance (q=1) | class (q=0) | sqrt (q=1/2) | power (q given) | progressive | sequential
     q: float | None = None        # for kind=power
     classes: list[int] | None = None   # class filter; None = all classes

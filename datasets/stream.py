@@ -63,8 +63,7 @@ class ShardStream(IterableDataset):
         self.epoch, self.start_batch = 0, 0
         self._batches: tuple[int, list[np.ndarray]] | None = None
         self._windows: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
-        if len(self) == 0:
-            raise DataError(f"{where}: no batches")
+        self.batches()  # plan epoch 0 now, so a plan that cannot feed every rank fails here
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Select the epoch; start_batch > 0 resumes mid-epoch (skips that many batches)."""

@@ -177,7 +177,7 @@ def test_bad_arguments_are_one_clear_error(tmp_path: Path, monkeypatch, capsys, 
 @pytest.mark.slow
 def test_compare_with_a_real_tiny_run(tmp_path: Path, tiny_shards: Path) -> None:
     pytest.importorskip("datasets.stream")
-    recipe = Path(compare.__file__).parent / "recipes" / "joint_mini.yaml"
+    recipe = Path(compare.__file__).parent / "recipes" / "decoupled_mini.yaml"
     root = tmp_path / "runs"
     cmd = [sys.executable, "-m", "trainer", "compare", str(recipe), f"data.shards={tiny_shards}",
            "stages.0.epochs=1", "model.width=4", "data.batch_size=16", "data.num_workers=0",
@@ -185,8 +185,10 @@ def test_compare_with_a_real_tiny_run(tmp_path: Path, tiny_shards: Path) -> None
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     rows = read_csv(root / "compare.csv")
-    ev = json.loads((root / "joint_mini-s0" / "metrics.json").read_text())["final"]["val"]
-    check_table(rows, "joint_mini", [ev])
+    ev = json.loads((root / "decoupled_mini-s0" / "metrics.json").read_text())["final"]["val"]
+    check_table(rows, "decoupled_mini", [ev])
+    for name in ("crt", "ncm", "tau_norm", "lws"):
+        check_table(rows, f"decoupled_mini/{name}", [ev["classifiers"][name]])
     # A second call collects the finished run instead of training again.
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert again.returncode == 0 and "training joint_mini" not in again.stderr
+    assert again.returncode == 0 and "training decoupled_mini" not in again.stderr

@@ -366,3 +366,24 @@ def test_bad_arguments_are_data_errors(shards):
         stream(shards, rank=2, world=2)
     with pytest.raises(DataError, match="split"):
         DaliStream(shards, "nope", batch_size=4, sampling=BALANCED, augment=None, device="cpu")
+
+
+def test_ring_median_matches_torch_on_edge_cases():
+    from nvidia.dali import Pipeline, fn, types
+
+    from datasets.dali_ops import ring_median
+
+    rng = np.random.default_rng(0)
+    canvases = [rng.integers(0, 256, (S, S), dtype=np.uint8) for _ in range(4)]
+    canvases += [np.zeros((S, S), np.uint8), np.full((S, S), 255, np.uint8),
+                 np.tile(np.array([0, 255], np.uint8), (S, S // 2)),          # ties at both ends
+                 rng.integers(15, 18, (S, S), dtype=np.uint8)]                # around a bucket edge
+    pipe = Pipeline(batch_size=len(canvases), num_threads=1, device_id=None)
+    with pipe:
+        x = fn.external_source(source=lambda: [c[:, :, None] for c in canvases], batch=True,
+                               dtype=types.UINT8)
+        pipe.set_outputs(ring_median(x, S))
+    pipe.build()
+    got = [float(np.array(t)) for t in pipe.run()[0]]
+    expected = border_median(torch.from_numpy(np.stack(canvases))[:, None]).tolist()
+    assert got == expected

@@ -167,6 +167,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> None:
             value = yaml.safe_load(text) if text != "" else ""
         except yaml.YAMLError:
             value = text
+        if isinstance(value, (list, dict)) and text.strip()[:1] not in ("[", "{"):
+            value = text  # `-` or `a: b` meant as a plain string, not YAML block syntax
         set_dotted(raw, key, value)
 
 
@@ -207,6 +209,11 @@ def _check_leaf(path: str, f: Field, value: Any) -> Any:
     ok_types = f.types
     if float in ok_types and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)  # 1 is a fine learning rate
+    if float in ok_types and isinstance(value, str):
+        try:
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
+        except ValueError:
+            pass
     if isinstance(value, bool) and bool not in ok_types:
         ok = False
     else:

@@ -32,7 +32,7 @@ class EpochContext:
     log_every: int = 50
     on_log: Callable[[dict], None] | None = None      # train record -> history/tensorboard
     should_stop: Callable[[], bool] | None = None     # preemption check after each step
-    on_ids: Callable[[np.ndarray], None] | None = None  # debug: sample ids seen by this rank
+    on_ids: Callable[[int, np.ndarray], None] | None = None  # debug: (epoch, sample ids) this rank trains on
     fail_at_step: int | None = None                    # tests: crash at this global step
     progress_bar: bool = True
     global_step: int = 0        # across stages, for TensorBoard
@@ -55,7 +55,7 @@ def train_epoch(ctx: EpochContext, epoch: int, start_batch: int = 0) -> tuple[in
     for images, labels, ids in iterate(ctx.stream, ctx.num_workers):
         batch += 1
         if ctx.on_ids is not None:
-            ctx.on_ids(np.asarray(ids))
+            ctx.on_ids(epoch, np.asarray(ids))
         group.append((images, labels))
         end_of_group = batch % sched.grad_accum == 0 or batch == n_micro
         if not end_of_group:

@@ -66,7 +66,8 @@ def per_class_accuracy(path: Path, class_labels: Sequence[str], counts: Sequence
     cmap = plt.get_cmap("viridis")
     for k, name in enumerate(names):
         acc = np.asarray(series[name], dtype=float)
-        colour = cmap(k / max(len(names) - 1, 1)) if len(names) > 1 else cmap(0.3)
+        # Stop short of viridis' pale yellow end, which vanishes on the shaded background.
+        colour = cmap(0.85 * k / max(len(names) - 1, 1)) if len(names) > 1 else cmap(0.3)
         ax.bar(x - 0.4 + width * (k + 0.5), 100 * acc[order], width, label=name, color=colour, zorder=2)
     ticks = [class_labels[c] + (f"\n(n={counts[c]})" if counts is not None else "") for c in order]
     ax.set_xticks(x, ticks, fontsize=8, rotation=30 if n > 12 else 0)
@@ -153,7 +154,7 @@ def training_curves(path: Path, history: list[dict], stage_names: dict[int, str]
                 px, py = np.array(pts, dtype=float).T
                 # Short runs log few points: mark them, or a one-point stage would be invisible.
                 marker = {} if "o" in style or "s" in style or len(px) > 40 else {"marker": "."}
-                ax.plot(px, scale * py, style, ms=3, lw=1.2, color=colour, label=label if first else None,
+                ax.plot(px, scale * py, style, ms=4, lw=1.2, color=colour, label=label if first else None,
                         **marker)
                 first = False
     for ax, ylabel in zip(axes, ["loss", "learning rate", "val accuracy (%)"]):
@@ -194,11 +195,19 @@ def global_steps(history: list[dict]) -> list[float]:
 
 
 def stage_starts(history: list[dict], xs: list[float]) -> dict[int, float]:
-    starts: dict[int, float] = {}
+    """Where each stage begins: where the previous stage's records end (records are logged after
+    their step, so a stage's first record is not its start); stage 0 starts at 0."""
+    first: dict[int, float] = {}
+    last: dict[int, float] = {}
     for x, r in zip(xs, history):
         s = r.get("stage")
         if isinstance(s, int):
-            starts[s] = min(starts.get(s, x), x)
+            first[s] = min(first.get(s, x), x)
+            last[s] = max(last.get(s, x), x)
+    starts, prev_end = {}, None
+    for s in sorted(first):
+        starts[s] = min(0.0, first[s]) if prev_end is None else prev_end
+        prev_end = last[s]
     return starts
 
 

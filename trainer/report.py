@@ -25,6 +25,7 @@ from trainer.errors import ConfigError, TrainingError
 GROUPS = ("head", "middle", "tail")
 PAPER_GROUPS = ("many", "medium", "few")
 DEFAULT_TTA_VIEWS = 3  # seed 000 evaluates with 3 TTA views
+LDA_MIN_SAMPLES_PER_DIM = 5
 
 
 @dataclass
@@ -321,11 +322,19 @@ def section_features(run: RunFolder, out: Path, labels: list[str], device, max_p
     if not pca:
         return notes or ["_Skipped: no stage model could be loaded._"]
     plots.feature_projection(out / "features_pca.png", pca, labels, "PCA")
-    plots.feature_projection(out / "features_lda.png", lda, labels, "LDA")
-    return [f"Validation chips (up to {max_per_class} per class, {len(y)} in all) through each "
-            "stage's backbone; class 0 in red, as in seed 000 Figure 2. PCA keeps the largest "
-            "variance directions; LDA the directions that best separate the classes.", "",
-            "![features PCA](features_pca.png)", "", "![features LDA](features_lda.png)", *notes]
+    md = [f"Validation chips (up to {max_per_class} per class, {len(y)} in all) through each "
+          "stage's backbone; class 0 in red, as in seed 000 Figure 2. PCA keeps the directions of "
+          "largest variance.", "", "![features PCA](features_pca.png)", ""]
+    # LDA is fitted on the chips it shows: with few chips per feature dimension any classes
+    # look separable, so it is drawn only where that is not the case.
+    if len(y) >= LDA_MIN_SAMPLES_PER_DIM * min(f.shape[1], 64):
+        plots.feature_projection(out / "features_lda.png", lda, labels, "LDA")
+        md += ["LDA: the two directions that best separate the classes (fitted on these chips).", "",
+               "![features LDA](features_lda.png)"]
+    else:
+        md += [f"_LDA view skipped: {len(y)} chips are too few for {f.shape[1]}-dimensional features "
+               "(it would separate any labels)._"]
+    return md + notes
 
 
 def tta_views(config: dict) -> int:

@@ -273,6 +273,8 @@ def finish_stage(run: Run, i: int, model) -> None:
         acc.wait_for_everyone()
         state = torch.load(run.stage_dir(i) / "best.pt", map_location=acc.device, weights_only=True)
         run.model.load_state_dict(state)
+    if run.cfg["run"]["debug_ids"]:  # tests compare the ranks' weights
+        _save_weights(run.model, run.run_dir / "debug" / f"model-stage{i}-rank{acc.process_index}.pt")
     val = evaluate_split(run, model, "val")
     run.fitted = {}
     if st["classifiers"]:
@@ -380,9 +382,9 @@ def _ids_logger(run: Run, i: int):
     path = run.run_dir / "debug" / f"ids-rank{run.accelerator.process_index}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
 
-    def log(ids: np.ndarray) -> None:
+    def log(epoch: int, ids: np.ndarray) -> None:
         with open(path, "a") as f:
-            f.write(json.dumps({"stage": i, "ids": ids.tolist()}) + "\n")
+            f.write(json.dumps({"stage": i, "epoch": epoch, "ids": ids.tolist()}) + "\n")
     return log
 
 

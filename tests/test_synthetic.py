@@ -1,0 +1,206 @@
+"""The synthetic SAR generator: NTIRE layout, determinism, class structure, bad OUT folders."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from datasets import synthetic
+from datasets.ntire import (CLASS_NAMES, NTIRE_TRAIN_COUNTS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES,
+                            image_id, is_sar_chip)
+from datasets.synthetic import (CONTACT_SHEET, EO_CLASSES, MANIFEST, PRESETS, Plan, chip_rng,
+                                make_synthetic, render_sar)
+from shards.errors import DataError
+
+COUNTS = (6, 4, 3, 3, 2, 2, 2, 2, 2, 2)   # long-tailed like the real thing, tiny
+TEST_PER_CLASS = 2
+
+
+def _make(out: Path, seed: int = 0, workers: int = 1) -> dict:
+    return make_synthetic(out, "mini", seed, counts=COUNTS, test_per_class=TEST_PER_CLASS, workers=workers)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth") / "raw"
+    _make(out)
+    return out
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_ntire_names_and_counts():
+    assert len(CLASS_NAMES) == 10 and CLASS_NAMES[0] == "sedan" and CLASS_NAMES[9] == "semi truck with trailer"
+    assert sum(NTIRE_TRAIN_COUNTS) == 293772
+    assert PRESETS["ntire"] == (NTIRE_TRAIN_COUNTS, 77)
+    assert PRESETS["mini"] == ((3000, 360, 196, 136, 40, 24, 24, 20, 24, 20), 50)
+
+
+def test_image_id_and_sar_names():
+    assert image_id("SAR_1234.png") == 1234
+    assert image_id(Path("/x/train_images/3/SAR_7.png")) == 7
+    assert is_sar_chip("SAR_7.png") and is_sar_chip(Path("a/SAR_0012.png"))
+    for bad in ("EO_7.png", "SAR_7.jpg", "SAR_.png", "SAR_7.png.tmp", ".SAR_7.png.12.tmp", "xSAR_7.png"):
+        assert not is_sar_chip(bad)
+        with pytest.raises(DataError, match=r"^/d/" + bad.replace(".", r"\.") + ": not a SAR chip"):
+            image_id("/d/" + bad)
+
+
+def test_ntire_plan_has_real_counts_and_unique_ids():
+    plan = Plan.make(NTIRE_TRAIN_COUNTS, 77, seed=3)
+    assert np.bincount(plan.train_labels).tolist() == list(NTIRE_TRAIN_COUNTS)
+    assert np.bincount(plan.test_labels).tolist() == [77] * 10
+    ids = np.concatenate([plan.train_ids, plan.test_ids])
+    assert ids.size == 293772 + 770 and np.unique(ids).size == ids.size and ids.min() >= 1
+
+
+def test_layout_and_counts_exact(tiny: Path):
+    assert sorted(p.name for p in (tiny / TRAIN_IMAGES).iterdir()) == [str(c) for c in range(10)]
+    train_ids = []
+    for label, n in enumerate(COUNTS):
+        folder = tiny / TRAIN_IMAGES / str(label)
+        sar = [p for p in folder.iterdir() if is_sar_chip(p)]
+        assert len(sar) == n
+        train_ids += [image_id(p) for p in sar]
+        others = {p.name for p in folder.iterdir()} - {p.name for p in sar}
+        assert all(name.startswith("EO_") for name in others), others     # no temporaries left
+    test_files = sorted((tiny / TEST_IMAGES).iterdir())
+    assert len(test_files) == 10 * TEST_PER_CLASS and all(is_sar_chip(p) for p in test_files)
+    test_ids = [image_id(p) for p in test_files]
+    assert len(set(train_ids) | set(test_ids)) == len(train_ids) + len(test_ids)   # unique across splits
+    record = json.loads((tiny / MANIFEST).read_text())
+    assert record["complete"] and record["seed"] == 0 and record["preset"] == "mini"
+    assert record["train_counts"] == list(COUNTS) and record["generator"] == synthetic.GENERATOR_VERSION
+    assert not [p for p in tiny.rglob(".*")]                                       # no hidden tmp files
+
+
+def test_test_labels_csv_matches_test_files(tiny: Path):
+    with open(tiny / TEST_LABELS, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["image_id", "class_id"]
+    labels = {int(i): int(c) for i, c in rows[1:]}
+    assert set(labels) == {image_id(p) for p in (tiny / TEST_IMAGES).iterdir()}
+    assert np.bincount(list(labels.values()), minlength=10).tolist() == [TEST_PER_CLASS] * 10
+
+
+def test_chips_are_8bit_grayscale_54_to_60(tiny: Path):
+    sizes = set()
+    for path in tiny.rglob("SAR_*.png"):
+        with Image.open(path) as im:
+            assert im.format == "PNG" and im.mode == "L", path
+            assert 54 <= im.width <= 60 and 54 <= im.height <= 60, (path, im.size)
+            sizes.add(im.size)
+            pixels = np.asarray(im)
+        assert pixels.std() > 5 and pixels.max() > 150       # textured, with bright scatterers
+    assert len(sizes) > 5                                     # sizes vary per chip
+
+
+def test_eo_files_sit_beside_sar_chips(tiny: Path):
+    eo = sorted(tiny.rglob("EO_*.png"))
+    assert eo and {int(p.parent.name) for p in eo} == set(EO_CLASSES)
+    for path in eo:
+        assert not is_sar_chip(path)
+        assert (path.parent / path.name.replace("EO_", "SAR_")).exists()       # paired by id, as in NTIRE
+        with Image.open(path) as im:
+            assert im.mode == "RGB"
+
+
+def test_same_seed_same_bytes_any_workers(tiny: Path, tmp_path: Path):
+    again = tmp_path / "again"
+    _make(again, seed=0, workers=2)
+    assert _files(again) == _files(tiny)
+
+
+def test_different_seed_differs(tiny: Path, tmp_path: Path):
+    _make(tmp_path / "s1", seed=1)
+    other, mine = _files(tmp_path / "s1"), _files(tiny)
+    chips = [k for k in mine if k.startswith(TEST_IMAGES)]
+    assert mine[TEST_LABELS] != other[TEST_LABELS]
+    assert not set(mine[k] for k in chips) & set(other.values())
+
+
+def _bright_area(label: int, n: int = 24) -> float:
+    """Mean number of bright pixels (strong returns) per chip of one class."""
+    return float(np.mean([(render_sar(label, chip_rng(5, "train", i)) > 150).sum() for i in range(n)]))
+
+
+def test_class_structure_differs():
+    moto, sedan, box, bus, semi = (_bright_area(c) for c in (5, 0, 4, 7, 9))
+    assert moto < sedan < box < semi, (moto, sedan, box, semi)
+    assert 2 * sedan < bus and 3 * moto < semi
+
+
+def test_chip_rng_streams_are_independent():
+    a = render_sar(0, chip_rng(0, "train", 0))
+    assert np.array_equal(a, render_sar(0, chip_rng(0, "train", 0)))
+    assert not np.array_equal(a, render_sar(0, chip_rng(0, "test", 0)))
+    assert not np.array_equal(a, render_sar(0, chip_rng(0, "train", 1)))
+
+
+def test_contact_sheet_shows_every_class(tiny: Path):
+    with Image.open(tiny / CONTACT_SHEET) as im:
+        sheet = np.asarray(im.convert("L"))
+    assert sheet.shape[0] >= 10 * 60 and sheet.shape[1] > 6 * 60
+    rows = np.array_split(sheet[:, 200:], 10, axis=0)
+    for label, row in enumerate(rows):                 # every class row holds chips, not background
+        assert (row < 250).mean() > 0.3 and row.std() > 20, label
+
+
+def test_refuses_other_preset_or_seed(tiny: Path):
+    with pytest.raises(DataError, match=f"^{tiny / MANIFEST}: OUT holds a different synthetic set"):
+        make_synthetic(tiny, "mini", seed=1, counts=COUNTS, test_per_class=TEST_PER_CLASS)
+    with pytest.raises(DataError, match=MANIFEST):
+        make_synthetic(tiny, "ntire", seed=0, counts=COUNTS, test_per_class=TEST_PER_CLASS)
+
+
+def test_refuses_non_empty_folder_without_manifest(tmp_path: Path):
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match=f"^{tmp_path / 'raw'}: not empty and has no {MANIFEST}"):
+        _make(tmp_path / "raw")
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["notes.txt"]
+
+
+def test_rejects_bad_counts(tmp_path: Path):
+    with pytest.raises(DataError, match="train counts"):
+        make_synthetic(tmp_path / "x", counts=(5, 5))
+    with pytest.raises(DataError, match="unknown preset"):
+        make_synthetic(tmp_path / "x", preset="huge")
+
+
+def test_interrupted_run_then_rerun_is_complete(tmp_path: Path, monkeypatch, tiny: Path):
+    real, calls = synthetic.render_sar, []
+
+    def flaky(label, rng):
+        calls.append(label)
+        if len(calls) == 9:
+            raise KeyboardInterrupt
+        return real(label, rng)
+
+    out = tmp_path / "raw"
+    monkeypatch.setattr(synthetic, "render_sar", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        _make(out)
+    assert json.loads((out / MANIFEST).read_text())["complete"] is False
+    for path in out.rglob("SAR_*.png"):                # what landed under a final name is whole
+        with Image.open(path) as im:
+            im.load()
+    monkeypatch.setattr(synthetic, "render_sar", real)
+    _make(out)
+    assert _files(out) == _files(tiny)
+
+
+def test_cli_error_exit_2(tiny: Path, capsys):
+    from datasets.__main__ import main
+    assert main(["synth", str(tiny), "--preset", "mini", "--seed", "7"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and MANIFEST in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as exc:
+        main(["synth", str(tiny), "--preset", "huge"])
+    assert exc.value.code == 2
