@@ -59,9 +59,12 @@ class _Parts:
     def seg(self, a: float, b: float, width: float, height: float, gain: float) -> None:
         self.segs.append((a, b, width / 2, height, gain))
 
-    def point(self, d, v, z: float, amp) -> None:
-        d, v = np.broadcast_arrays(np.asarray(d, float).ravel(), np.asarray(v, float).ravel())
-        self.pts.append((d, v, z, amp))
+    def point(self, d, v, z, amp) -> None:
+        """Scatterers at distances d from the nose, offsets v from the axis, height z (d and v
+        broadcast against each other; z and amp are scalars or match them)."""
+        d, v = np.asarray(d, float).ravel(), np.asarray(v, float).ravel()
+        n = max(d.size, v.size) if d.size and v.size else 0
+        self.pts.append((d if d.size == n else np.repeat(d, n), v if v.size == n else np.repeat(v, n), z, amp))
 
     def rim(self, a: float, b: float, width: float, z: float, step: float, amp: float,
             ends: bool = True) -> None:
@@ -97,8 +100,16 @@ class _Parts:
         t, s = rng.random((2, which.size))
         self.pts.append((a[which] + t * (b - a)[which], (2 * s - 1) * hw[which], z[which], 8.0))
         sizes = [d.size for d, *_ in self.pts]
-        cols = [np.concatenate([np.broadcast_to(p[k], n) for p, n in zip(self.pts, sizes)]) for k in range(4)]
-        pts = np.stack(cols, axis=1)
+        pts = np.empty((sum(sizes), 4))
+        pts[:, 0] = np.concatenate([p[0] for p in self.pts])
+        pts[:, 1] = np.concatenate([p[1] for p in self.pts])
+        for k in (2, 3):                           # scalars repeated, arrays copied in place
+            pts[:, k] = np.repeat([p[k] if np.isscalar(p[k]) else 0.0 for p in self.pts], sizes)
+            start = 0
+            for p, n in zip(self.pts, sizes):
+                if not np.isscalar(p[k]):
+                    pts[start:start + n, k] = p[k]
+                start += n
         pts[:, 3] *= rng.standard_exponential(pts.shape[0])
         return segs, pts, float(segs[:, 1].max())
 
@@ -410,17 +421,21 @@ def _blur(x: np.ndarray, side: float) -> np.ndarray:
     return z
 
 
-def render_sar(label: int, rng: np.random.Generator) -> np.ndarray:
-    """One 8-bit grayscale SAR chip (54-60 px per side) of a vehicle of class `label`."""
+def _scene(rng: np.random.Generator) -> _Scene:
+    """Chip size, pixel spacing, look angle, vehicle position and heading of one chip."""
     lo_side, hi_side = CHIP_SIDE_RANGE
-    h, w = (int(x) for x in rng.integers(lo_side, hi_side + 1, size=2))
+    h, w = rng.integers(lo_side, hi_side + 1, size=2)
     inc = np.deg2rad(rng.uniform(38, 52))          # incidence angle from vertical
     theta = rng.uniform(0, 2 * np.pi)
-    sc = _Scene(h, w, rng.uniform(0.30, 0.42), 1 / np.tan(inc), np.tan(inc),
-                rng.normal(0, 0.8), rng.normal(0, 0.8), np.cos(theta), np.sin(theta))
-    segs, pts, length = vehicle_model(label, rng)
+    x0, y0 = rng.normal(0, 0.8, size=2)
+    return _Scene(int(h), int(w), rng.uniform(0.30, 0.42), 1 / np.tan(inc), np.tan(inc),
+                  x0, y0, np.cos(theta), np.sin(theta))
 
-    # Footprint heights, then what the radar sees: walls and roofs laid over towards it (left).
+
+def _body(sc: _Scene, segs: np.ndarray, length: float,
+          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Mean reflectivity of the vehicle body and its footprint heights. Walls and roofs are
+    laid over towards the radar (left); the wall-ground dihedral facing the radar is bright."""
     u, v = _frame(sc)
     hmap = (_inside(u, v, segs, length) * segs[:, 3, None, None]).max(axis=0)
     roof = _inside(*_shifted(u, v, sc, segs[:, 3] * sc.cot), segs, length)
@@ -428,33 +443,43 @@ def render_sar(label: int, rng: np.random.Generator) -> np.ndarray:
     gain = segs[:, 4, None, None]
     target = (roof * gain).sum(axis=0) + (wall * gain * 0.6).sum(axis=0)
     foot = hmap > 0
-    near_edge = foot & ~np.pad(foot, ((0, 0), (1, 0)))[:, :-1]     # ground-wall dihedral facing the radar
+    near_edge = foot.copy()
+    near_edge[:, 1:] &= ~foot[:, :-1]
     flash = 0.3 + 4.0 * max(abs(sc.s), abs(sc.c)) ** 40          # strongest when a side faces the radar
-    target += near_edge * rng.uniform(6, 14) * flash
+    target += near_edge * (rng.uniform(6, 14) * flash)
+    return target, hmap
 
-    patchy = rng.standard_exponential(size=(h, w))               # facets flash or vanish at random
-    ground = _ground(sc, rng)
-    visible = ~(_shadow(hmap, sc) | foot)
-    mean = _blur(ground * visible + target * patchy * rng.uniform(0.6, 1.6), 0.25) + 0.1
-    speckle = rng.standard_exponential(size=(h, w))              # single-look speckle ...
-    if rng.random() < 0.5:                                       # ... or two looks averaged
-        speckle = 0.5 * (speckle + rng.standard_exponential(size=(h, w)))
-    intensity = mean * _blur(speckle, rng.uniform(0.0, 0.15))
 
-    # Point scatterers: far-side low points are hidden under the body; amplitude fluctuates.
+def _scatterers(sc: _Scene, pts: np.ndarray, length: float,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixel rows, columns and amplitudes of the point scatterers (laid over by their height),
+    plus a few stray ones in the clutter. Low points on the far side are hidden under the body."""
     d, side, z, amp = pts.T
     pu = length / 2 - d
     px = sc.x0 + pu * sc.c - side * sc.s - z * sc.cot
     py = sc.y0 + pu * sc.s + side * sc.c
-    facing = -np.sign(side) * -sc.s                                # outward normal's x: < 0 faces radar
-    hidden = (facing > 0.2) & (z < 1.5) & (np.abs(side) > 0.3)
-    keep = rng.random(amp.size) < 0.85
-    amp = 3 * amp * np.where(hidden, 0.15, 1.0) * keep
-    stray = rng.uniform(-9, 9, size=(rng.poisson(1.5), 3))        # stray clutter: poles, debris
+    # a side's outward normal is (-s, c) * sign(v); it faces away from the radar when its x > 0
+    hidden = (np.sign(side) * -sc.s > 0.2) & (z < 1.5) & (np.abs(side) > 0.3)
+    amp = 3 * amp * np.where(hidden, 0.15, 1.0) * (rng.random(amp.size) < 0.85)
+    stray = rng.uniform(-9, 9, size=(rng.poisson(1.5), 3))        # poles, debris
     px, py = np.append(px, stray[:, 0]), np.append(py, stray[:, 1])
     amp = np.append(amp, 22.5 + 2 * stray[:, 2])
-    res = int(rng.integers(len(_PSF_RES)))
-    _splat(intensity, py / sc.gsd + (h - 1) / 2, px / sc.gsd + (w - 1) / 2, amp, res)
+    return py / sc.gsd + (sc.h - 1) / 2, px / sc.gsd + (sc.w - 1) / 2, amp
+
+
+def render_sar(label: int, rng: np.random.Generator) -> np.ndarray:
+    """One 8-bit grayscale SAR chip (54-60 px per side) of a vehicle of class `label`."""
+    sc = _scene(rng)
+    segs, pts, length = vehicle_model(label, rng)
+    target, hmap = _body(sc, segs, length, rng)
+    patchy = rng.standard_exponential(size=(sc.h, sc.w))          # facets flash or vanish at random
+    visible = ~_shadow(hmap, sc) & (hmap == 0)
+    mean = _blur(_ground(sc, rng) * visible + target * patchy * rng.uniform(0.6, 1.6), 0.25) + 0.1
+    speckle = rng.standard_exponential(size=(sc.h, sc.w))        # single-look speckle ...
+    if rng.random() < 0.5:                                       # ... or two looks averaged
+        speckle = 0.5 * (speckle + rng.standard_exponential(size=(sc.h, sc.w)))
+    intensity = mean * _blur(speckle, rng.uniform(0.0, 0.15))
+    _splat(intensity, *_scatterers(sc, pts, length, rng), int(rng.integers(len(_PSF_RES))))
     return _to_8bit(intensity, rng)
 
 

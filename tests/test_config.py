@@ -61,6 +61,13 @@ def test_int_accepted_for_float():
     assert validate(minimal(optim={"lr": 1}))["optim"]["lr"] == 1.0
 
 
+def test_exponent_without_dot_is_a_float():
+    raw = minimal()
+    apply_overrides(raw, ["optim.lr=1e-3", "data.shards=-"])  # YAML 1.1 reads both as strings
+    cfg = validate(raw)
+    assert cfg["optim"]["lr"] == 0.001 and cfg["data"]["shards"] == "-"
+
+
 @pytest.mark.parametrize("raw, words", [
     (minimal(optim={"lrr": 0.1}), ["optim.lrr", "did you mean 'lr'", "momentum"]),
     (minimal(dat={}), ["'dat'", "did you mean 'data'", "stages"]),
@@ -134,6 +141,7 @@ def test_resolved_config_roundtrip(tmp_path):
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["data"]["shards"] == "/s"
     assert load_run_config(tmp_path) == cfg
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left
+    assert (tmp_path / "config.yaml").stat().st_mode & 0o044  # readable by others, like any file
 
 
 def test_config_differences_ignore_resume_free_keys():

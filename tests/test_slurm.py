@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -72,7 +73,9 @@ def sbatch(env: dict, out: Path, *args: str, wait: bool = True, extra_env: dict 
            cpus: int = 2) -> subprocess.Popen:
     """`sbatch --parsable [--wait] -c CPUS -o OUT ARGS`; the job id is the first stdout line."""
     cmd = ["sbatch", "--parsable", f"--cpus-per-task={cpus}", f"--output={out}"] + (["--wait"] if wait else []) + list(args)
-    return subprocess.Popen(cmd, cwd=REPO, env=dict(env, **(extra_env or {})), stdout=subprocess.PIPE,
+    # One thread per process whatever the layout, so that 2 machines × 1 and 1 × 2 compute alike.
+    env = dict(env, OMP_NUM_THREADS="1", **(extra_env or {}))
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -138,6 +141,22 @@ def test_cluster_runs_a_job(slurm_env, work):
     assert out.read_text().strip() == f"hello from {jid} on localhost"
     status = subprocess.run(["bash", str(CLUSTER), "status"], env=slurm_env, capture_output=True, text=True)
     assert status.returncode == 0 and "debug" in status.stdout
+    shell = subprocess.run(["bash", str(CLUSTER), "env"], env=slurm_env, capture_output=True, text=True).stdout
+    assert shell.strip() == f"export SLURM_CONF={slurm_env['SLURM_CONF']}"
+
+
+def test_build_shards_job_uses_the_allocated_cores(slurm_env, work):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import write_raw
+    from shards.index import ClassIndex
+
+    raw, out = write_raw(work / "raw"), work / "built"
+    p = sbatch(slurm_env, work / "build.out", "launch/slurm/build_shards.sbatch", str(raw), str(out),
+               "--val-fraction", "0.2", "--shard-size", "8", "--quiet")
+    assert finish(p, 120) == 0, (work / "build.out").read_text()
+    assert "with 2 workers" in (work / "build.out").read_text()
+    index = ClassIndex.load(out)
+    assert len(index.split("train")) + len(index.split("val")) == 61
 
 
 def test_signal_reaches_waiting_script_and_requeue_skips_the_hold(slurm_env, work):
@@ -207,6 +226,25 @@ def test_preempted_job_requeues_resumes_and_matches(slurm_env, shards, work, ref
         shutil.rmtree(run, ignore_errors=True)
 
 
+def test_scancel_checkpoints_and_is_not_requeued(slurm_env, shards, work):
+    """SIGTERM (scancel, or Slurm's own preemption): checkpoint mid-epoch, but scancel stays final.
+    One process: the job runs `python -m trainer` without a launcher."""
+    run, out = work / "cancelled", work / "cancelled.out"
+    p = sbatch(slurm_env, out, TRAIN, RECIPE, f"data.shards={shards}", f"run.dir={run}", *TINY,
+               extra_env={"SAR_PREEMPT_TEST_DELAY": STEP_DELAY, "SAR_NPROC": "1"}, cpus=1)
+    jid = job_id(p)
+    wait_for(lambda: train_lines(run, 1) >= 2, 240, "epoch 1 of the stage to be under way")
+    subprocess.run(["scancel", jid], env=slurm_env, check=True)
+    finish(p)
+    log = out.read_text()
+    assert "world 1 (1 machine(s) x 1 processes)" in log
+    assert "got SIGTERM" in log and "stopped on request in stage joint epoch 1" in log, log
+    assert "requeueing" not in log and f"[{jid}/1]" not in log
+    progress = json.loads((run / "checkpoints" / "last" / "progress.json").read_text())
+    assert progress["epoch"] == 1 and progress["batch"] >= 2, "a mid-epoch checkpoint"
+    assert not (run / "metrics.json").exists()
+
+
 def test_killed_job_resumes_when_resubmitted(slurm_env, shards, work, reference):
     """SIGKILL: no chance to checkpoint; the resubmitted job starts from the last epoch's checkpoint.
     Shards are staged to a node-local folder (SHARDS_STAGE_DIR) by both jobs."""
@@ -216,7 +254,16 @@ def test_killed_job_resumes_when_resubmitted(slurm_env, shards, work, reference)
     p = sbatch(slurm_env, work / "killed-1.out", *args, extra_env=env)
     jid = job_id(p)
     wait_for(lambda: train_lines(run, 1) >= 2, 240, "epoch 1 of the stage to be under way")
-    subprocess.run(["scancel", "--signal=KILL", jid], env=slurm_env, check=True)
+    # `scancel --signal=KILL` is a plain cancel (SIGTERM first); kill -9 the step's processes
+    # instead, as a crashed node would leave them.
+    pids = subprocess.run(["scontrol", "listpids", jid], env=slurm_env, capture_output=True, text=True).stdout
+    step = [int(x.split()[0]) for x in pids.splitlines()[1:] if x.split()[2] not in ("batch", "extern")]
+    assert step, pids
+    for pid in step:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     assert finish(p) != 0
     assert not (run / "metrics.json").exists()
     progress = json.loads((run / "checkpoints" / "last" / "progress.json").read_text())

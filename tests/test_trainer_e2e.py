@@ -137,3 +137,14 @@ def test_nan_loss_names_stage_and_step(shards, tmp_path, capsys):
     assert train("joint_mini", shards, tmp_path / "r", "optim.lr=1e30", "optim.warmup_epochs=0") == 2
     err = capsys.readouterr().err
     assert "stage 0 (joint)" in err and "step" in err and "loss is" in err
+
+
+@pytest.mark.slow
+def test_select_best_epoch_on_validation(shards, tmp_path):
+    run = tmp_path / "run"
+    assert train("joint_mini", shards, run, "stages.0.epochs=3", "stages.0.select=best", "optim.lr=0.3") == 0
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    val = [h["balanced_acc"] for h in history if h["kind"] == "val"]
+    m = json.loads((run / "metrics.json").read_text())
+    assert len(val) == 3 and m["final"]["val"]["balanced_acc"] == max(val)
+    assert (run / "stages" / "0-joint" / "best.pt").is_file()

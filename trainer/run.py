@@ -184,6 +184,7 @@ def train(cfg: dict) -> int:
 def resume(run_dir: Path) -> int:
     cfg = load_run_config(Path(run_dir))
     cfg["run"]["dir"] = str(run_dir)
+    cfg["run"]["fail_at_step"] = None  # an injected test failure is one-shot
     if checkpoint.read_progress(Path(run_dir)) is None and not (Path(run_dir) / "metrics.json").is_file():
         print(f"{run_dir}: no checkpoint yet, starting from the beginning", file=sys.stderr)
     return train(cfg)

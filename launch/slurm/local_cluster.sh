@@ -67,6 +67,9 @@ SchedulerParameters=batch_sched_delay=0
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 MinJobAge=5
+# Job ids from the clock, not from 1: a fresh state folder must not reuse the ids (and so the
+# runs/<recipe>-<jobid> folders) of an earlier cluster.
+FirstJobId=$(( $(date +%s) % 50000000 + 1000 ))
 ReturnToService=2
 JobRequeue=1
 KillWait=10
@@ -89,7 +92,7 @@ start_munge() {
 node_ready() {
     local st
     st="$(sinfo -h -n "$NODE" -o %T 2>/dev/null || true)"
-    case "$st" in idle*|alloc*|mix*|completing*) return 0 ;; *) return 1 ;; esac
+    case "$st" in *'*'*) return 1 ;; idle*|alloc*|mix*|completing*) return 0 ;; *) return 1 ;; esac  # '*': not responding
 }
 
 start() {
