@@ -123,7 +123,7 @@ def _car(p: _Parts, length: float, width: float, hood: float, cab_end: float, ca
          rear_h: float | None) -> None:
     """A passenger-car-like body: hood, cabin and an optional lower rear (trunk)."""
     rng = p.rng
-    p.seg(0, hood, width, 0.95 * cab_h * 0.65, 1.5)
+    p.seg(0, hood, width, 0.62 * cab_h, 1.5)
     p.seg(hood, cab_end, width, cab_h, 2.5)
     p.rim(hood, cab_end, width * 0.9, cab_h, 0.7, 2.0)
     if rear_h is not None:
@@ -216,7 +216,7 @@ def _flatbed(p: _Parts) -> None:
     r = p.rng
     W = _n(r, 2.45, 0.06, 2.3, 2.6)
     cab = _cab(p, W * 0.95)
-    a, b = cab + r.uniform(0.2, 0.5), 0.0
+    a = cab + r.uniform(0.2, 0.5)
     b = a + _n(r, 6.0, 1.0, 4.2, 8.5)
     p.seg(a, b, W, 1.25, 1.0)
     p.rim(a, b, W, 1.25, 0.5, 3.0)
@@ -587,6 +587,8 @@ def _check_out(out: Path, record: dict) -> None:
             want = {k: record[k] for k in keys}
             raise DataError(f"{manifest}: OUT holds a different synthetic set {have}, asked for {want}; "
                             "choose another OUT or delete it")
+    elif out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder")
     elif out.exists() and any(out.iterdir()):
         raise DataError(f"{out}: not empty and has no {MANIFEST}; refusing to write a synthetic set into it")
 
@@ -606,6 +608,8 @@ def make_synthetic(out: Path | str, preset: str = "mini", seed: int = 0, *,
     base_counts, base_test = PRESETS[preset]
     counts = tuple(int(c) for c in (counts if counts is not None else base_counts))
     test_per_class = int(base_test if test_per_class is None else test_per_class)
+    if seed < 0:
+        raise DataError(f"{out}: seed must be >= 0, got {seed}")
     if len(counts) != len(CLASS_NAMES) or min(counts) < 1 or test_per_class < 0:
         raise DataError(f"{out}: need {len(CLASS_NAMES)} train counts >= 1 and test_per_class >= 0, "
                         f"got {counts} and {test_per_class}")
@@ -617,6 +621,7 @@ def make_synthetic(out: Path | str, preset: str = "mini", seed: int = 0, *,
               "classes": list(CLASS_NAMES), "eo_files": [], "complete": False}
     _check_out(out, record)
     _make_folders(out, len(counts))
+    _remove_temporaries(out)                       # left by a run that was killed mid-write
     _write_json(out / MANIFEST, record)            # claims OUT before any chip lands
 
     tasks = _tasks(plan, chunk)
@@ -627,7 +632,7 @@ def make_synthetic(out: Path | str, preset: str = "mini", seed: int = 0, *,
         for task in tasks:
             bar.update(_render_range(task))
     else:
-        with mp.get_context("fork").Pool(workers, _init_worker, (out, plan, seed)) as pool:
+        with mp.Pool(workers, _init_worker, (out, plan, seed)) as pool:
             for n in pool.imap_unordered(_render_range, tasks):
                 bar.update(n)
     bar.close()
@@ -638,6 +643,12 @@ def make_synthetic(out: Path | str, preset: str = "mini", seed: int = 0, *,
     record["complete"] = True
     _write_json(out / MANIFEST, record)
     return record
+
+
+def _remove_temporaries(out: Path) -> None:
+    for pattern in (f"{TRAIN_IMAGES}/*/.*.tmp", f"{TEST_IMAGES}/.*.tmp", ".*.tmp"):
+        for path in out.glob(pattern):
+            path.unlink(missing_ok=True)
 
 
 def _make_folders(out: Path, num_classes: int) -> None:

@@ -206,9 +206,11 @@ def test_train_job_writes_metrics(reference, work):
 def test_preempted_job_requeues_resumes_and_matches(slurm_env, shards, work, reference):
     """USR2 to the batch shell (what --signal=B:USR2@300 sends) in the middle of the stage.
     No run.dir: the run folder is runs/<recipe>-<jobid>, the same after the requeue.
-    1 machine × 2 processes, against the reference's 2 × 1: the same result either way."""
+    1 machine × 2 processes with loader workers, against the reference's 2 × 1 without: the
+    same result either way."""
     out = work / "preempted.out"
-    p = sbatch(slurm_env, out, TRAIN, RECIPE, f"data.shards={shards}", *TINY,
+    # One loader worker per rank: SIGUSR2 reaches the workers too, and must not kill them.
+    p = sbatch(slurm_env, out, TRAIN, RECIPE, f"data.shards={shards}", *TINY, "data.num_workers=1",
                extra_env={"SAR_PREEMPT_TEST_DELAY": STEP_DELAY})
     jid = job_id(p)
     run = REPO / "runs" / f"joint_mini-{jid}"

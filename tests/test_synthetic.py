@@ -175,6 +175,8 @@ def test_refuses_non_empty_folder_without_manifest(tmp_path: Path):
 def test_rejects_bad_counts(tmp_path: Path):
     with pytest.raises(DataError, match="train counts"):
         make_synthetic(tmp_path / "x", counts=(5, 5))
+    with pytest.raises(DataError, match="seed must be >= 0"):
+        make_synthetic(tmp_path / "x", seed=-1)
     with pytest.raises(DataError, match="unknown preset"):
         make_synthetic(tmp_path / "x", preset="huge")
 
@@ -199,6 +201,29 @@ def test_interrupted_run_then_rerun_is_complete(tmp_path: Path, monkeypatch, tin
     monkeypatch.setattr(synthetic, "render_sar", real)
     _make(out)
     assert _files(out) == _files(tiny)
+
+
+def test_rerun_removes_temporaries_of_a_killed_run(tiny: Path, tmp_path: Path):
+    out = tmp_path / "raw"
+    _make(out)
+    torn = out / TRAIN_IMAGES / "0" / ".SAR_999.png.123.tmp"
+    torn.write_bytes(b"\x89PNG half")
+    _make(out)
+    assert not torn.exists() and _files(out) == _files(tiny)
+
+
+def test_refuses_a_file_as_out(tmp_path: Path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(DataError, match="is not a folder"):
+        _make(tmp_path / "f")
+
+
+def test_cli_writes_a_preset(tiny: Path, tmp_path: Path, monkeypatch, capsys):
+    from datasets.__main__ import main
+    monkeypatch.setitem(PRESETS, "mini", (COUNTS, TEST_PER_CLASS))      # the real mini takes seconds
+    assert main(["synth", str(tmp_path / "raw"), "--preset", "mini", "--seed", "0", "--workers", "1"]) == 0
+    assert f"wrote {sum(COUNTS)} train + 20 test chips" in capsys.readouterr().out
+    assert _files(tmp_path / "raw") == _files(tiny)
 
 
 def test_cli_error_exit_2(tiny: Path, capsys):

@@ -50,7 +50,9 @@ def train_epoch(ctx: EpochContext, epoch: int, start_batch: int = 0) -> tuple[in
     window_steps: list[int] = []
     group: list = []
     batch = start_batch
-    bar = tqdm(total=n_micro, initial=start_batch, disable=not (ctx.progress_bar and acc.is_local_main_process),
+    # disable=None: tqdm switches itself off when stderr is not a terminal (batch jobs' logs).
+    show = ctx.progress_bar and acc.is_local_main_process
+    bar = tqdm(total=n_micro, initial=start_batch, disable=None if show else True,
                desc=f"{ctx.stage_name} ep{epoch}", leave=False, dynamic_ncols=True)
     for images, labels, ids in iterate(ctx.stream, ctx.num_workers):
         batch += 1
