@@ -6,6 +6,8 @@ with the batched torch implementation of the shared AugmentSpec.
 """
 from __future__ import annotations
 
+import signal
+
 from pathlib import Path
 from typing import Iterator
 
@@ -140,4 +142,11 @@ def make_loader(stream: ShardStream, num_workers: int) -> DataLoader:
     """batch_size=None; workers take whole batches round-robin, so order is independent of
     num_workers. Workers are re-created each epoch, so set_epoch before iterating reaches them."""
     return DataLoader(stream, batch_size=None, num_workers=num_workers, persistent_workers=False,
-                      pin_memory=torch.cuda.is_available())
+                      pin_memory=torch.cuda.is_available(), worker_init_fn=_ignore_stop_signals)
+
+
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """Preemption signals are for the trainer process: a loader worker that dies of SIGTERM
+    (sent to the whole process group by Slurm) would crash the trainer before it checkpoints."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)

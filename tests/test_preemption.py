@@ -108,10 +108,6 @@ def test_cuda_agreement_is_lagged_but_identical():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="datasets.stream.make_loader: DataLoader workers must ignore SIGTERM "
-                   "and SIGUSR2 (a worker_init_fn). torch's worker handler re-raises a SIGTERM from anyone "
-                   "but its parent, so scancel (SIGTERM to every process of the step) kills the worker and "
-                   "the trainer crashes instead of checkpointing. Remove this marker once fixed.")
 def test_sigterm_to_the_whole_process_group_in_epoch_0_checkpoints(tiny_shards, tmp_path):
     """Slurm signals every process of a step, DataLoader workers included."""
     import subprocess

@@ -169,6 +169,9 @@ def train(cfg: dict) -> int:
     keep = progress["history_lines"] if progress else None
     history = History(run_dir / "history.jsonl", keep, acc.is_main_process)
     run = Run(cfg, run_dir, acc, index, model, history)
+    from trainer.preemption import install
+
+    install()  # SIGTERM/SIGUSR2 set a flag; the loop checkpoints and exits 0 at the next step
     acc.init_trackers("tb", config=_flat_hparams(cfg))
     try:
         stopped = run_stages(run, progress)
@@ -364,15 +367,13 @@ def make_loss(stage: dict, head: list[int], counts: np.ndarray, device) -> torch
     try:
         loss = build_loss(stage["loss"], np.where(used, np.asarray(counts), 0))
     except (ValueError, TypeError, KeyError) as e:
-        raise ConfigError(f"stages.{stage['name']}.loss: {e}") from None
+        raise ConfigError(f"stage {stage['name']}: {e}") from None
     return loss.to(device)
 
 
 def _stop_check(acc):
-    try:
-        from trainer.preemption import stop_requested
-    except ImportError:
-        return None
+    from trainer.preemption import stop_requested
+
     return lambda: stop_requested(acc)
 
 
