@@ -141,7 +141,7 @@ def test_crash_at_step_then_resume(setup, tmp_path):
 def test_resume_refuses_other_model_checkpoint(setup, tmp_path):
     recipe, reference = setup
     run = tmp_path / "run"
-    r = subprocess.run(command(recipe, run) + ["run.fail_at_step=3"], cwd=REPO, capture_output=True,
+    r = subprocess.run(command(recipe, run) + ["run.fail_at_step=9"], cwd=REPO, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode != 0
     cfg = yaml.safe_load((run / "config.yaml").read_text())

@@ -13,14 +13,12 @@ SMALL = ["--model", "resnet_cifar", "--depth", "8", "--width", "8", "--size", "1
          "--steps", "2", "--repeats", "1"]
 
 
-@pytest.mark.slow
 def test_bench_prints_ratio(capsys):
     assert main(["bench", *SMALL]) == 0
     out = capsys.readouterr().out
     assert "trainer" in out and "bare" in out and "ratio trainer/bare" in out
 
 
-@pytest.mark.slow
 def test_bench_json(capsys):
     assert main(["bench", *SMALL, "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
