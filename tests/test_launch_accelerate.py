@@ -120,8 +120,6 @@ def test_ranks_end_with_identical_parameters(rank_weights):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="trainer: BatchNorm running stats are not synced across ranks "
-                   "before evaluation/saving (each rank keeps those of its own last batch)")
 def test_ranks_end_with_identical_batchnorm_statistics(rank_weights):
     _compare(*rank_weights, buffers=True)
 

@@ -256,6 +256,7 @@ def run_stage(run: Run, i: int, progress: dict | None) -> bool:
                 print(f"stopped on request in stage {st['name']} epoch {epoch} batch {batch}; "
                       f"checkpoint saved, continue with: python -m trainer resume {run.run_dir}", file=sys.stderr)
             return True
+        average_batchnorm_stats(run.model, acc)
         val = evaluate_split(run, model, "val")
         run.log({"stage": i, "stage_name": st["name"], "epoch": epoch, "step": ctx.schedule.steps_per_epoch * (epoch + 1),
                  "global_step": ctx.global_step, "kind": "val", "top1": val["top1"], "balanced_acc": val["balanced_acc"]})
@@ -268,6 +269,18 @@ def run_stage(run: Run, i: int, progress: dict | None) -> bool:
         save(epoch, 0)
     finish_stage(run, i, model)
     return False
+
+
+def average_batchnorm_stats(model: torch.nn.Module, acc) -> None:
+    """Average BatchNorm running statistics over ranks after each epoch, so every rank evaluates
+    and saves the same model (DDP only broadcasts rank 0's buffers before each forward, so the
+    ranks otherwise differ by their own last batch)."""
+    if acc.num_processes == 1:
+        return
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            for buf in (module.running_mean, module.running_var):
+                buf.copy_(acc.reduce(buf.detach().clone(), reduction="mean"))
 
 
 def finish_stage(run: Run, i: int, model) -> None:
