@@ -195,7 +195,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--runs-root", type=Path, default=Path("runs/compare"), help="where the runs live")
     p.add_argument("--out", type=Path, default=None, help="where the table goes (default: --runs-root)")
     p.add_argument("--split", default="val", choices=["val", "test"], help="which final evaluation to tabulate")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # overrides may follow the options
     try:
         if args.seeds < 1:
             raise ConfigError(f"--seeds: must be >= 1, got {args.seeds}")
