@@ -126,7 +126,8 @@ def test_launches_missing_and_unfinished_runs_only(tmp_path: Path, monkeypatch) 
         return 0
 
     monkeypatch.setattr(compare, "launch", fake_launch)
-    assert compare.main([str(a), "optim.lr=0.05", "--seeds", "3", "--runs-root", str(root)]) == 0
+    # Overrides may also follow the options (as in the README's and the demo's commands).
+    assert compare.main([str(a), "--seeds", "3", "--runs-root", str(root), "optim.lr=0.05"]) == 0
     assert launched == [("plain", 1, ["optim.lr=0.05"]), ("plain", 2, ["optim.lr=0.05"])]
     assert read_csv(root / "compare.csv")["plain"]["seeds"] == "3"
 
