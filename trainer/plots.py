@@ -6,6 +6,8 @@ state beyond the figure it creates and closes.
 """
 from __future__ import annotations
 
+import textwrap
+
 import os
 from pathlib import Path
 from typing import Sequence
@@ -69,7 +71,9 @@ def per_class_accuracy(path: Path, class_labels: Sequence[str], counts: Sequence
         # Stop short of viridis' pale yellow end, which vanishes on the shaded background.
         colour = cmap(0.85 * k / max(len(names) - 1, 1)) if len(names) > 1 else cmap(0.3)
         ax.bar(x - 0.4 + width * (k + 0.5), 100 * acc[order], width, label=name, color=colour, zorder=2)
-    ticks = [class_labels[c] + (f"\n(n={counts[c]})" if counts is not None else "") for c in order]
+    # Wrap long class names ("8 pickup truck with trailer") so neighbouring labels never overlap.
+    ticks = [textwrap.fill(class_labels[c], 14) + (f"\n(n={counts[c]})" if counts is not None else "")
+             for c in order]
     ax.set_xticks(x, ticks, fontsize=8, rotation=30 if n > 12 else 0)
     ax.set_xlim(-0.5, n - 0.5)
     ax.set_ylim(0, 115)
