@@ -15,6 +15,5 @@ $PY -m shards verify "$DATA/shards"
 $PY -m shards stats "$DATA/shards"
 $PY -m trainer compare joint_mini three_stage_mini --seeds 1 --split test \
     --runs-root "$RUNS" "data.shards=$DATA/shards"
-cat "$RUNS/compare.md"
 $PY -m trainer report "$RUNS/three_stage_mini-s0"
 echo "report: $RUNS/three_stage_mini-s0/report/report.md"
