@@ -66,11 +66,11 @@ def latency_per_chip(model: nn.Module, batch: int, input_size: int, device: torc
     return statistics.median(times) / batch
 
 
-def measure(model: nn.Module, input_size: int, *, device: torch.device | None = None,
+def measure(model: nn.Module, input_size: int, *, device: torch.device | str | None = None,
             large_batch: int = 256, tta_views: int = 3, warmup: int = 3, repeats: int = 10,
             channels: int = 1) -> dict:
     """All inference figures as a JSON-ready dict (seconds per chip under `latency_s_per_chip`)."""
-    device = device or default_device()
+    device = torch.device(device) if device is not None else default_device()
     was_training = model.training
     model = model.to(device).eval()
     n_bytes = state_dict_bytes(model)
