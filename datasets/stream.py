@@ -6,6 +6,8 @@ with the batched torch implementation of the shared AugmentSpec.
 """
 from __future__ import annotations
 
+import atexit
+import multiprocessing
 import signal
 
 from pathlib import Path
@@ -143,6 +145,19 @@ def make_loader(stream: ShardStream, num_workers: int) -> DataLoader:
     num_workers. Workers are re-created each epoch, so set_epoch before iterating reaches them."""
     return DataLoader(stream, batch_size=None, num_workers=num_workers, persistent_workers=False,
                       pin_memory=torch.cuda.is_available(), worker_init_fn=_ignore_stop_signals)
+
+
+def _kill_daemonic_children() -> None:
+    """At interpreter exit, multiprocessing stops daemonic children with SIGTERM and then joins
+    them. Loader workers ignore SIGTERM (below), so a worker still alive then (an iterator kept
+    by an exception's traceback) would hang the exit forever: kill them for good instead."""
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+
+
+# Registered after multiprocessing's own exit hook, so it runs first (atexit is LIFO).
+atexit.register(_kill_daemonic_children)
 
 
 def _ignore_stop_signals(_worker_id: int) -> None:

@@ -148,3 +148,23 @@ def test_corrupt_shard_bytes_surface_as_data_error(tiny_shards, workers):
     s = stream(tiny_shards, sampling=SamplingSpec(kind="sequential"))
     with pytest.raises(DataError, match=rf"{path.name}: sample {split.keys[i]}"):
         collect(s, workers)
+
+
+def test_a_leaked_loader_does_not_hang_interpreter_exit(tiny_shards):
+    """Workers ignore SIGTERM (preemption is the trainer's business), so multiprocessing's
+    exit-time terminate+join alone would wait forever for a worker whose iterator is still
+    referenced (e.g. by an exception's traceback). The process must exit promptly anyway."""
+    import subprocess
+    import sys
+
+    script = (
+        "from datasets.sampling import SamplingSpec\n"
+        "from datasets.stream import ShardStream, make_loader\n"
+        f"s = ShardStream({str(tiny_shards)!r}, 'train', batch_size=2, sampling=SamplingSpec(), augment=None, input_size=16)\n"
+        "it = iter(make_loader(s, 2))\n"
+        "next(it)\n"
+        "LEAK = it  # never shut down\n"
+        "print('ok', flush=True)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr
