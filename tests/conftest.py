@@ -39,3 +39,14 @@ def tiny_shards(tiny_raw: Path, tmp_path: Path) -> Path:
     out = tmp_path / "shards"
     build_shards(tiny_raw, out, val_fraction=0.2, seed=0, shard_size=8, workers=1)
     return out
+
+
+@pytest.fixture(scope="module")
+def module_shards(tmp_path_factory) -> Path:
+    """tiny_shards built once per test module (for modules whose tests only read them)."""
+    from shards.build import build_shards
+
+    tmp = tmp_path_factory.mktemp("module_shards")
+    out = tmp / "shards"
+    build_shards(write_raw(tmp / "raw"), out, val_fraction=0.2, seed=0, shard_size=8, workers=1, quiet=True)
+    return out

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 
 pytest.importorskip("nvidia.dali")
 
-from conftest import write_raw  # noqa: E402
 from datasets.augment import AugmentSpec, augment_batch, border_median, to_input  # noqa: E402
 from datasets.dali import DaliStream  # noqa: E402
 from datasets.dali_ops import draw_params  # noqa: E402
@@ -30,14 +29,8 @@ BALANCED = SamplingSpec(kind="class", per_class=100)
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    from shards.build import build_shards
-
-    tmp = tmp_path_factory.mktemp("dali")
-    out = tmp / "shards"
-    build_shards(write_raw(tmp / "raw"), out, val_fraction=0.2, seed=0, shard_size=8,
-                 workers=1, quiet=True)
-    return out
+def shards(module_shards: Path) -> Path:
+    return module_shards
 
 
 def stream(root: Path, **kw) -> DaliStream:

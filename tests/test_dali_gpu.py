@@ -12,7 +12,6 @@ if not torch.cuda.is_available():
 pytest.importorskip("nvidia.dali")
 pytestmark = pytest.mark.gpu
 
-from conftest import write_raw  # noqa: E402
 from datasets.augment import AugmentSpec  # noqa: E402
 from datasets.dali import DaliStream  # noqa: E402
 from datasets.sampling import SamplingSpec  # noqa: E402
@@ -22,14 +21,8 @@ STRONG = AugmentSpec(rotate="free", hflip=True, vflip=True, crop_scale=(0.6, 1.0
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    from shards.build import build_shards
-
-    tmp = tmp_path_factory.mktemp("dali_gpu")
-    out = tmp / "shards"
-    build_shards(write_raw(tmp / "raw"), out, val_fraction=0.2, seed=0, shard_size=8,
-                 workers=1, quiet=True)
-    return out
+def shards(module_shards: Path) -> Path:
+    return module_shards
 
 
 def stream(root: Path, **kw) -> DaliStream:
