@@ -6,13 +6,13 @@ columns (one list per field) so that a 300k-sample split loads quickly into nump
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from shards.atomic import write_atomic
 from shards.errors import DataError
 
 FORMAT = "sar-shards/1"
@@ -137,11 +137,3 @@ class ClassIndex:
         path = self.root / INDEX_NAME
         write_atomic(path, json.dumps(self.to_json(), separators=(",", ":")) + "\n")
 
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from shards.index import write_atomic
+from shards.atomic import write_atomic
 from shards.tarscan import dali_index_path
 
 STATE_DIR = ".build"

@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 import webdataset as wds
 
 from shards.errors import DataError
-from shards.index import write_atomic
+from shards.atomic import write_atomic
 from shards.raw import RawImage, inspect_png
 from shards.tarscan import dali_index_path, dali_index_text, scan_members
 

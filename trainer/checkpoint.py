@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from trainer.config import write_atomic
+from shards.atomic import write_atomic
 from trainer.errors import TrainingError
 
 LAST = "last"

@@ -14,7 +14,6 @@ import csv
 import io
 import json
 import math
-import os
 import shlex
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shards.atomic import write_atomic
 from shards.errors import DataError
 from trainer import plots
 from trainer.config import config_differences, load_config, load_run_config, recipe_path
@@ -151,19 +151,14 @@ def table_csv(stats: dict[str, dict[str, tuple[float, float]]], counts: dict[str
     return buf.getvalue()
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
 
 def write_outputs(rows: dict[str, list[dict[str, float]]], out: Path, split: str, command: str,
                   note: str = "") -> list[Path]:
     stats = {name: summarise(vals) for name, vals in rows.items()}
     counts = {name: len(vals) for name, vals in rows.items()}
     out.mkdir(parents=True, exist_ok=True)
-    _write(out / "compare.md", table_markdown(stats, counts, split, command, note))
-    _write(out / "compare.csv", table_csv(stats, counts))
+    write_atomic(out / "compare.md", table_markdown(stats, counts, split, command, note))
+    write_atomic(out / "compare.csv", table_csv(stats, counts))
     means = {n: {m: s[m][0] for m in METRICS} for n, s in stats.items()}
     stds = {n: {m: s[m][1] for m in METRICS} for n, s in stats.items()}
     seeds = max(counts.values())

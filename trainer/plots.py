@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import textwrap
 
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -18,6 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import to_rgba  # noqa: E402
+
+from shards.atomic import atomic_path  # noqa: E402
 
 DPI = 110
 # Shading of the count-relative groups behind per-class bars.
@@ -35,11 +36,11 @@ def class_colours(n: int) -> list:
 def _save(fig, path: Path) -> Path:
     """Write atomically: a reader never sees a half-written PNG."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path, durable=False) as tmp:
+            fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format="png")
+    finally:
+        plt.close(fig)
     return path
 
 

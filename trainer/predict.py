@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from shards.errors import DataError
-from trainer.config import load_run_config, write_atomic
+from shards.atomic import write_atomic
+from trainer.config import load_run_config
 from trainer.errors import ConfigError, TrainingError
 
 IMAGE_NAME = re.compile(r"^SAR_(\d+)\.png$")

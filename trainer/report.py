@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from shards.atomic import write_atomic
 from shards.errors import DataError
 from trainer import plots
 from trainer.errors import ConfigError, TrainingError
@@ -359,15 +359,10 @@ def section_inference(run: RunFolder, out: Path, device, large_batch: int, repea
                             tta_views=tta_views(run.config), repeats=repeats)
     fig["model_file"] = str(last / "model.pt")
     fig["model_file_bytes"] = (last / "model.pt").stat().st_size
-    _write_text(out / "inference.json", json.dumps(fig, indent=2))
+    write_atomic(out / "inference.json", json.dumps(fig, indent=2))
     return [f"Model after the last stage ({last.name}); `model.pt` on disk: "
             f"{fig['model_file_bytes'] / 2**20:.2f} MiB.", "", inference.to_markdown(fig)]
 
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_report(run: RunFolder, *, features: bool = True, inference: bool = True,
@@ -395,7 +390,7 @@ def write_report(run: RunFolder, *, features: bool = True, inference: bool = Tru
     md += section_inference(run, out, dev, large_batch, repeats) if inference else ["_Skipped (--no-inference)._"]
     if run.notes:
         md += ["", "## Notes", "", *[f"- {n}" for n in run.notes]]
-    _write_text(out / "report.md", "\n".join(md) + "\n")
+    write_atomic(out / "report.md", "\n".join(md) + "\n")
     return out / "report.md"
 
 
