@@ -1,7 +1,9 @@
-"""The synthetic SAR generator: NTIRE layout, determinism, class structure, bad OUT folders."""
+"""The synthetic SAR generator: NTIRE layout, determinism, class structure, bad OUT folders,
+presets and the radar's look direction."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from pathlib import Path
 
@@ -12,16 +14,23 @@ from PIL import Image
 from datasets import synthetic
 from datasets.ntire import (CLASS_NAMES, NTIRE_TRAIN_COUNTS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES,
                             image_id, is_sar_chip)
-from datasets.synthetic import (CONTACT_SHEET, EO_CLASSES, MANIFEST, PRESETS, Plan, chip_rng,
-                                make_synthetic, render_sar)
+from datasets.synthetic import (CONTACT_SHEET, EO_CLASSES, LOOKS, MANIFEST, PRESETS, Plan, chip_rng,
+                                make_synthetic, orient, render_eo, render_sar)
 from shards.errors import DataError
 
 COUNTS = (6, 4, 3, 3, 2, 2, 2, 2, 2, 2)   # long-tailed like the real thing, tiny
 TEST_PER_CLASS = 2
 
 
-def _make(out: Path, seed: int = 0, workers: int = 1) -> dict:
-    return make_synthetic(out, "mini", seed, counts=COUNTS, test_per_class=TEST_PER_CLASS, workers=workers)
+# sha256 of the default tiny set (seed 0, look left) as written before the generator was split
+# into synth_vehicles / synth_render / synthetic: names and decoded pixels of every chip, plus
+# test_labels.csv (decoded pixels, so a PNG encoder update does not break it).
+TINY_DIGEST = "9c0b1967e51dde622e64e695ffb7a990a66396a0b8e4baf98b02f4863c27049c"
+
+
+def _make(out: Path, seed: int = 0, workers: int = 1, look: str = "left") -> dict:
+    return make_synthetic(out, "mini", seed, look=look, counts=COUNTS, test_per_class=TEST_PER_CLASS,
+                          workers=workers)
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +49,7 @@ def test_ntire_names_and_counts():
     assert sum(NTIRE_TRAIN_COUNTS) == 293772
     assert PRESETS["ntire"] == (NTIRE_TRAIN_COUNTS, 77)
     assert PRESETS["mini"] == ((3000, 360, 196, 136, 40, 24, 24, 20, 24, 20), 50)
+    assert PRESETS["small"] == ((230, 149, 96, 62, 40, 26, 17, 11, 7, 5), 240)
 
 
 def test_image_id_and_sar_names():
@@ -77,6 +87,7 @@ def test_layout_and_counts_exact(tiny: Path):
     record = json.loads((tiny / MANIFEST).read_text())
     assert record["complete"] and record["seed"] == 0 and record["preset"] == "mini"
     assert record["train_counts"] == list(COUNTS) and record["generator"] == synthetic.GENERATOR_VERSION
+    assert record["look"] == "left"
     assert not [p for p in tiny.rglob(".*")]                                       # no hidden tmp files
 
 
@@ -234,3 +245,119 @@ def test_cli_error_exit_2(tiny: Path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["synth", str(tiny), "--preset", "huge"])
     assert exc.value.code == 2
+
+
+def _pixel_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.png")):
+        if path.name == CONTACT_SHEET:
+            continue
+        with Image.open(path) as im:
+            pixels = np.asarray(im)
+        h.update(f"{path.relative_to(root)} {pixels.shape}\n".encode())
+        h.update(pixels.tobytes())
+    h.update((root / TEST_LABELS).read_bytes())
+    return h.hexdigest()
+
+
+def test_default_output_unchanged(tiny: Path):
+    assert _pixel_digest(tiny) == TINY_DIGEST
+
+
+def test_small_preset_counts(tmp_path: Path):
+    counts, test_per_class = PRESETS["small"]
+    assert sum(counts) == 643 and test_per_class == 240
+    plan = Plan.make(counts, test_per_class, seed=0)
+    assert np.bincount(plan.train_labels).tolist() == [230, 149, 96, 62, 40, 26, 17, 11, 7, 5]
+    assert np.bincount(plan.test_labels).tolist() == [240] * 10
+    # the shard builder takes 10% of each class (at least 1) for validation
+    from shards.build import build_shards
+    from shards.index import ClassIndex
+    record = make_synthetic(tmp_path / "raw", "small", test_per_class=0, workers=2)
+    assert record["preset"] == "small" and record["num_train"] == 643
+    build_shards(tmp_path / "raw" / TRAIN_IMAGES, tmp_path / "shards", workers=1, quiet=True)
+    index = ClassIndex.load(tmp_path / "shards")
+    train, val = index.split("train"), index.split("val")
+    assert val.class_counts().tolist() == [23, 15, 10, 6, 4, 3, 2, 1, 1, 1]
+    assert (train.class_counts() + val.class_counts()).tolist() == list(counts)
+
+
+def test_orient_turns_the_radar_to_the_named_side():
+    a = np.arange(6).reshape(2, 3)                    # [[0 1 2], [3 4 5]]: the radar's side is column 0
+    assert orient(a, "left").tolist() == a.tolist()
+    assert orient(a, "right")[:, -1].tolist() == [3, 0]          # the near column is now the right one
+    assert orient(a, "top")[0].tolist() == [3, 0]                # ... the top row
+    assert orient(a, "bottom")[-1].tolist() == [0, 3]            # ... the bottom row
+    rgb = np.stack([a, a + 10, a + 20], axis=-1)
+    for look in LOOKS:                                            # an EO chip turns like its SAR twin
+        assert np.array_equal(orient(rgb, look)[..., 1], orient(a, look) + 10)
+    with pytest.raises(ValueError, match="unknown look"):
+        orient(a, "up")
+
+
+def test_look_top_is_left_rotated(tiny: Path, tmp_path: Path):
+    top = tmp_path / "top"
+    record = _make(top, look="top")
+    assert record["look"] == "top" and json.loads((top / MANIFEST).read_text())["look"] == "top"
+    mine, other = _files(tiny), _files(top)
+    assert set(mine) == set(other) and mine[TEST_LABELS] == other[TEST_LABELS]
+    for name in mine:
+        if name.endswith(".png") and name != CONTACT_SHEET:
+            with Image.open(tiny / name) as a, Image.open(top / name) as b:
+                left_px, top_px = np.asarray(a), np.asarray(b)
+            # the radar's side (left, column 0) becomes the top: a quarter turn clockwise
+            assert np.array_equal(top_px, np.rot90(left_px, -1)), name
+    for i in range(4):                                # the renderers themselves, same rng for both
+        for label in (0, 7, 9):
+            left_sar = render_sar(label, chip_rng(3, "train", i))
+            assert np.array_equal(orient(left_sar, "top"), np.rot90(left_sar, -1))
+            left_eo = render_eo(label, chip_rng(3, "eo", i))
+            assert np.array_equal(orient(left_eo, "top"), np.rot90(left_eo, -1))
+
+
+_OPPOSITE = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}
+
+
+def _dark_beside_centre(chip: np.ndarray, side: str) -> float:
+    """Fraction of dark pixels in a 16 px wide strip 4-16 px from the chip centre towards `side`."""
+    h, w = chip.shape
+    rows, cols = slice(h // 2 - 8, h // 2 + 8), slice(w // 2 - 8, w // 2 + 8)
+    strip = {"left": (rows, slice(w // 2 - 16, w // 2 - 4)), "right": (rows, slice(w // 2 + 4, w // 2 + 16)),
+             "top": (slice(h // 2 - 16, h // 2 - 4), cols), "bottom": (slice(h // 2 + 4, h // 2 + 16), cols)}
+    return float((chip[strip[side]] < 40).mean())
+
+
+def test_look_moves_the_shadow():
+    """Buses cast long shadows away from the radar: to the right for "left", down for "top"."""
+    chips = [render_sar(7, chip_rng(1, "train", i)) for i in range(30)]
+    for look in LOOKS:
+        away = np.mean([_dark_beside_centre(orient(c, look), _OPPOSITE[look]) for c in chips])
+        near = np.mean([_dark_beside_centre(orient(c, look), look) for c in chips])
+        assert away > near + 0.3, (look, away, near)
+
+
+def test_refuses_other_look(tiny: Path, tmp_path: Path):
+    with pytest.raises(DataError, match=f"^{tiny / MANIFEST}: OUT holds a different synthetic set.*'look': 'top'"):
+        _make(tiny, look="top")
+    with pytest.raises(DataError, match="unknown look"):
+        _make(tmp_path / "x", look="up")
+    old = tmp_path / "old"                             # a set written before `look` was recorded
+    _make(old)
+    record = json.loads((old / MANIFEST).read_text())
+    del record["look"]
+    (old / MANIFEST).write_text(json.dumps(record))
+    _make(old)                                         # counts as left: regenerated, not refused
+    with pytest.raises(DataError, match="OUT holds a different synthetic set"):
+        _make(old, look="right")
+
+
+def test_cli_look_flag(tiny: Path, tmp_path: Path, monkeypatch, capsys):
+    from datasets.__main__ import main
+    monkeypatch.setitem(PRESETS, "mini", (COUNTS, TEST_PER_CLASS))
+    assert main(["synth", str(tmp_path / "raw"), "--seed", "0", "--look", "bottom", "--workers", "1"]) == 0
+    assert "look bottom" in capsys.readouterr().out
+    assert json.loads((tmp_path / "raw" / MANIFEST).read_text())["look"] == "bottom"
+    assert main(["synth", str(tmp_path / "raw"), "--seed", "0", "--workers", "1"]) == 2   # left != bottom
+    assert "different synthetic set" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["synth", str(tmp_path / "raw2"), "--look", "up"])
