@@ -24,6 +24,7 @@ from PIL import Image
 from datasets.augment import AugmentSpec
 from datasets.sampling import SamplingSpec
 from datasets.stream import ShardStream, make_loader
+from datasets.stream_spec import StreamSpec
 from shards.errors import DataError
 from shards.index import ClassIndex
 
@@ -112,18 +113,17 @@ def bench_reader(args: argparse.Namespace) -> None:
         raise DataError("--raw is required for --loader reader (ImageFolder side)")
     split = ClassIndex.load(args.shards).split(args.split)
     size = epoch_size(len(split), args.seconds)
-    stream = ShardStream(args.shards, args.split, batch_size=args.batch_size,
-                         sampling=SamplingSpec(kind="instance", epoch_size=size), augment=None,
-                         input_size=args.input_size)
+    stream = ShardStream(args.shards, args.split, StreamSpec(
+        args.batch_size, SamplingSpec(kind="instance", epoch_size=size), None, args.input_size))
     raw, keys = raw_class_root(args.raw), set(split.keys)
-    _, found = imagefolder_loader(raw, keys, args, stream.mean, stream.std, size)
+    _, found = imagefolder_loader(raw, keys, args, stream.data.normalizer.mean, stream.data.normalizer.std, size)
     if found != len(split):
         raise DataError(f"{args.raw}: ImageFolder found {found} of the {len(split)} "
                         f"{args.split} chips of {args.shards}; is it the raw folder they were built from?")
     print(f"chips: {len(split)} ({args.split}), batch {args.batch_size}, workers {args.workers}, "
           f"{args.rounds} x {args.seconds / args.rounds:g} s each, cpus {os.cpu_count()}")
     rates = alternate({"shard": lambda: make_loader(stream, args.workers),
-                       "folder": lambda: imagefolder_loader(raw, keys, args, stream.mean, stream.std, size)[0]},
+                       "folder": lambda: imagefolder_loader(raw, keys, args, stream.data.normalizer.mean, stream.data.normalizer.std, size)[0]},
                       args.seconds, args.rounds)
     (shard_rate, n1), (folder_rate, n2) = rates["shard"], rates["folder"]
     print(f"shard reader (ShardStream, decode_png): {shard_rate:10.0f} images/s ({n1} images)")
@@ -149,14 +149,13 @@ def bench_augmented(args: argparse.Namespace) -> None:
     index = ClassIndex.load(args.shards)
     split = index.split(args.split)
     per_class = math.ceil(epoch_size(len(split), args.seconds) / index.num_classes)
-    kw = dict(batch_size=args.batch_size, sampling=SamplingSpec(kind="class", per_class=per_class),
-              augment=STRONG, input_size=args.input_size)
+    spec = StreamSpec(args.batch_size, SamplingSpec(kind="class", per_class=per_class), STRONG, args.input_size)
     print(f"stage-3 stream: per_class={per_class}, strong augmentation, batch {args.batch_size}, "
           f"workers {args.workers}, {args.rounds} x {args.seconds / args.rounds:g} s each, "
           f"cpus {os.cpu_count()}")
     loaders: dict[str, Any] = {
-        "torch": lambda: make_loader(ShardStream(args.shards, args.split, **kw), args.workers)}
-    dali = dali_factory(args, kw)
+        "torch": lambda: make_loader(ShardStream(args.shards, args.split, spec), args.workers)}
+    dali = dali_factory(args, spec)
     if dali is not None:
         loaders["dali"] = dali
     rates = alternate(loaders, args.seconds, args.rounds)
@@ -167,13 +166,13 @@ def bench_augmented(args: argparse.Namespace) -> None:
         print(f"ratio dali / torch: {rates['dali'][0] / max(rates['torch'][0], 1e-9):.2f}x")
 
 
-def dali_factory(args: argparse.Namespace, kw: dict[str, Any]) -> Any:
+def dali_factory(args: argparse.Namespace, spec: StreamSpec) -> Any:
     """A maker of DaliStreams, or None (after saying why) where DALI cannot run here."""
     try:
         from datasets.dali import DaliStream
 
         device = "gpu" if torch.cuda.is_available() else "cpu"
-        make = lambda: DaliStream(args.shards, args.split, device=device, **kw)  # noqa: E731
+        make = lambda: DaliStream(args.shards, args.split, spec, device=device)  # noqa: E731
         make()  # fail here, once, rather than mid-benchmark
         return make
     except DataError:

@@ -23,10 +23,9 @@ from nvidia.dali.plugin.pytorch.torch_utils import to_torch_tensor
 
 from datasets.augment import AugmentSpec
 from datasets.dali_ops import PARAM_TYPES, augment_graph, draw_params, noise_bank, used_params
-from datasets.sampling import SamplingSpec, check_spec, epoch_plan, rank_batches
+from datasets.stream_spec import StreamSpec, open_split
 from shards.access import SampleReader
 from shards.errors import DataError
-from shards.index import INDEX_NAME, ClassIndex
 
 _PARAM_SALT = 0xDA11
 _DTYPES = {torch.float32: types.FLOAT, torch.float16: types.FLOAT16, torch.bfloat16: types.FLOAT}
@@ -62,46 +61,29 @@ def padded_bytes(samples: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
 class DaliStream:
     """Iterable of (images [B,1,S,S], labels int64 [B], ids int64 [B]) batches for one rank."""
 
-    def __init__(self, root, split: str, *, batch_size: int, sampling: SamplingSpec,
-                 augment: AugmentSpec | None, input_size: int = 56, seed: int = 0,
-                 rank: int = 0, world: int = 1, total_epochs: int = 1, device: str = "auto",
+    def __init__(self, root, split: str, spec: StreamSpec, *, device: str = "auto",
                  dtype: torch.dtype = torch.float32, channels_last: bool = False,
                  num_threads: int = 2) -> None:
-        index = ClassIndex.load(root)
-        self._split = index.split(split)
-        where = f"{Path(root) / INDEX_NAME}: split {split!r}"
+        self.data = open_split(root, split, spec)
+        self.spec = spec
+        self._split = self.data.split
         if dtype not in _DTYPES:
-            raise DataError(f"{where}: dtype must be float32, float16 or bfloat16, got {dtype}")
-        norm = index.splits.get("train", self._split)
-        self._mean, self._std = float(norm.pixel_mean), float(norm.pixel_std) or 1.0
-        self.classes: list[str] = list(index.classes)
-        self.class_counts: np.ndarray = self._split.class_counts()
-        try:        # an empty requested class fails here, before any training step
-            check_spec(self.class_counts, sampling)
-        except DataError as e:
-            raise DataError(f"{where}: {e}") from None
-        self.batch_size, self.sampling = batch_size, sampling
-        self.augment = augment or AugmentSpec()
-        self.input_size, self.seed = input_size, seed
-        self.rank, self.world, self.total_epochs = rank, world, total_epochs
-        self.device = resolve_device(device, where)
+            raise DataError(f"{self.data.where()}: dtype must be float32, float16 or bfloat16, got {dtype}")
+        self.classes: list[str] = self.data.classes
+        self.class_counts: np.ndarray = self.data.class_counts
+        self.augment = spec.augment or AugmentSpec()
+        self.device = resolve_device(device, self.data.where())
         self.dtype, self.channels_last, self.num_threads = dtype, channels_last, num_threads
         self._reader = SampleReader(self._split)
-        self._noise = noise_bank(self.augment.speckle, seed, input_size)
+        self._noise = noise_bank(self.augment.speckle, spec.seed, spec.input_size)
         self.set_epoch(0)
 
     # -- position in the stream --------------------------------------------------------
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Select the epoch (its sample plan) and the batch to start from (resume mid-epoch)."""
-        plan = epoch_plan(self._split.labels, self.sampling, epoch=epoch,
-                          total_epochs=self.total_epochs, seed=self.seed)
-        where = f"{self._split.root / INDEX_NAME}: split {self._split.name!r}"
-        try:
-            batches = rank_batches(plan, self.batch_size, self.rank, self.world)
-        except DataError as e:
-            raise DataError(f"{where}: {e}") from None
+        batches = self.data.batches(self.spec, epoch)
         if not 0 <= start_batch <= len(batches):
-            raise DataError(f"{where}: start_batch {start_batch} outside 0..{len(batches)} "
+            raise DataError(f"{self.data.where()}: start_batch {start_batch} outside 0..{len(batches)} "
                             f"in epoch {epoch}")
         self.epoch, self._batches = int(epoch), batches
         self.start_batch = self.position = int(start_batch)
@@ -155,9 +137,9 @@ class DaliStream:
             number = todo[info.iteration]
             ids = batches[number]
             data, lengths = padded_bytes([self._reader.read(int(i)) for i in ids])
-            rng = np.random.default_rng([self.seed, epoch, self.rank, number, _PARAM_SALT])
+            rng = np.random.default_rng([self.spec.seed, epoch, self.spec.rank, number, _PARAM_SALT])
             params = draw_params(self.augment, self._split.height[ids], self._split.width[ids],
-                                 self.input_size, rng, self._noise)
+                                 self.spec.input_size, rng, self._noise)
             in_flight.append(number)
             return (data, lengths, *params.columns(names))
         return feed
@@ -165,8 +147,8 @@ class DaliStream:
     def _build(self, source, largest: int) -> Pipeline:
         """source -> decode -> augment -> normalise; one pipeline per pass over an epoch."""
         gpu = self.device == "gpu"
-        pipe = Pipeline(batch_size=max(self.batch_size, largest), num_threads=self.num_threads,
-                        device_id=local_gpu() if gpu else None, seed=self.seed,
+        pipe = Pipeline(batch_size=max(self.spec.batch_size, largest), num_threads=self.num_threads,
+                        device_id=local_gpu() if gpu else None, seed=self.spec.seed,
                         prefetch_queue_depth=2)
         names = used_params(self.augment)
         with pipe:
@@ -176,8 +158,9 @@ class DaliStream:
             params = dict(zip(names, columns))
             encoded = fn.slice(padded, types.Constant(np.zeros(1, np.int32)), lengths, axes=[0])
             image = fn.decoders.image(encoded, device="mixed" if gpu else "cpu", output_type=types.GRAY)
-            x = augment_graph(image, params, self.augment, self.input_size, "gpu" if gpu else "cpu")
-            out = fn.crop_mirror_normalize(x, mean=self._mean * 255.0, std=self._std * 255.0,
+            x = augment_graph(image, params, self.augment, self.spec.input_size, "gpu" if gpu else "cpu")
+            norm = self.data.normalizer
+            out = fn.crop_mirror_normalize(x, mean=norm.mean * 255.0, std=norm.std * 255.0,
                                            dtype=_DTYPES[self.dtype], output_layout="CHW")
             pipe.set_outputs(out)
         pipe.build()

@@ -1,14 +1,19 @@
 """Recipes: YAML + dotted overrides, schema defaults, and one clear error per bad key."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from trainer.config import (RECIPES_DIR, apply_overrides, config_differences, head_classes,
-                            load_config, load_run_config, save_config, stage_optim, validate)
+from trainer.config import (RECIPES_DIR, apply_overrides, config_differences, load_config,
+                            load_run_config, save_config, validate)
 from trainer.errors import ConfigError
+from trainer.spec import resolve
+
+sys.path.insert(0, str(Path(__file__).parent))
+from trainer_helpers import fake_index  # noqa: E402
 
 BUILTIN = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 
@@ -31,17 +36,18 @@ def test_three_stage_is_seed_000():
     cfg = load_config("three_stage")
     st = cfg["stages"]
     assert [s["epochs"] for s in st] == [20, 100, 20, 10]
-    assert cfg["model"] == {"name": "shake_shake", "depth": 26, "width": 32}
+    assert cfg["model"] == {"name": "shake_shake", "depth": 26, "width": 32, "head": "auto"}
     assert st[1]["head"] == "subset" and st[1]["sampler"]["classes"] == list(range(1, 10))
     assert st[2]["head"] == "expand" and st[2]["sampler"] == {**st[2]["sampler"], "kind": "class", "per_class": 5000}
     assert st[2]["train"] == "all" and st[3]["train"] == "classifier"
     assert cfg["data"]["tta"] == 3 and cfg["optim"]["momentum"] > 0
-    assert head_classes(cfg, 1, 10) == list(range(1, 10)) and head_classes(cfg, 2, 10) == list(range(10))
+    spec = resolve(cfg, fake_index([1000] * 10))
+    assert spec.stages[1].head_classes == tuple(range(1, 10)) and spec.stages[2].head_classes == tuple(range(10))
 
 
 def test_defaults_filled():
     cfg = validate(minimal())
-    assert cfg["data"]["input_size"] == 56 and cfg["optim"]["schedule"] == "cosine"
+    assert cfg["data"]["input_size"] == "auto" and cfg["optim"]["schedule"] == "cosine"
     st = cfg["stages"][0]
     assert st["train"] == "all" and st["head"] == "keep" and st["loss"] == {"name": "ce"}
     assert st["sampler"]["kind"] == "instance" and st["augment"]["rotate"] == "none"
@@ -86,7 +92,6 @@ def test_unknown_key_lists_valid_keys(raw, words):
     (minimal(data={"shards": "/x", "batch_size": 1.5}), ["data.batch_size", "expected int"]),
     (minimal(optim={"nesterov": 1}), ["optim.nesterov", "expected bool"]),
     ({"data": {"shards": "/x"}, "stages": [{"name": "a", "train": "backbone"}]}, ["stages.0.train", "classifier"]),
-    ({"data": {"shards": "/x"}, "stages": [{"name": "a", "head": "subset"}]}, ["head: subset needs"]),
     ({"data": {"shards": "/x"}, "stages": [{"name": "a", "classifiers": ["crtt"]}]}, ["'crt'"]),
     ({"data": {"shards": "/x"}, "stages": []}, ["stages"]),
     ({"stages": [{"name": "a"}]}, ["data.shards", "required"]),
@@ -130,9 +135,14 @@ def test_bad_yaml_names_file(tmp_path):
 
 
 def test_stage_optim_overrides():
-    cfg = validate(minimal(stages=[{"name": "a", "lr": 0.01, "optim": {"momentum": 0.5}}]))
-    o = stage_optim(cfg, cfg["stages"][0])
-    assert o["lr"] == 0.01 and o["momentum"] == 0.5 and o["weight_decay"] == cfg["optim"]["weight_decay"]
+    cfg = validate(minimal(stages=[{"name": "a", "optim": {"lr": 0.01, "momentum": 0.5}}]))
+    o = resolve(cfg, fake_index([5, 5])).stages[0].optim
+    assert o.lr == 0.01 and o.momentum == 0.5 and o.weight_decay == cfg["optim"]["weight_decay"]
+
+
+def test_stage_lr_has_one_spelling():
+    with pytest.raises(ConfigError, match=r"stages.0.lr: this key moved; use stages.0.optim.lr"):
+        validate(minimal(stages=[{"name": "a", "lr": 0.01}]))
 
 
 def test_resolved_config_roundtrip(tmp_path):

@@ -18,6 +18,7 @@ from datasets.augment import AugmentSpec, augment_batch, border_median, to_input
 from datasets.dali import DaliStream  # noqa: E402
 from datasets.dali_ops import draw_params  # noqa: E402
 from datasets.sampling import SamplingSpec, epoch_plan, rank_batches  # noqa: E402
+from datasets.stream_spec import StreamSpec  # noqa: E402
 from shards.access import SampleReader  # noqa: E402
 from shards.errors import DataError  # noqa: E402
 from shards.index import ClassIndex  # noqa: E402
@@ -33,10 +34,17 @@ def shards(module_shards: Path) -> Path:
     return module_shards
 
 
+def make_dali(root: Path, split: str, *, device: str = "auto", dtype=torch.float32, channels_last: bool = False,
+              num_threads: int = 2, **spec) -> DaliStream:
+    """A DaliStream from flat keyword arguments: the StreamSpec's fields plus DALI's own."""
+    return DaliStream(root, split, StreamSpec(**spec), device=device, dtype=dtype,
+                      channels_last=channels_last, num_threads=num_threads)
+
+
 def stream(root: Path, **kw) -> DaliStream:
     args = dict(batch_size=16, sampling=BALANCED, augment=None, device="cpu")
     args.update(kw)
-    return DaliStream(root, "train", **args)
+    return make_dali(root, "train", **args)
 
 
 def collect(s: DaliStream) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -56,7 +64,7 @@ def originals(root: Path, ids: torch.Tensor) -> list[torch.Tensor]:
 
 def unnormalise(s: DaliStream, x: torch.Tensor) -> torch.Tensor:
     """Stream output -> the spec's [0, 1] values."""
-    return x.float() * s._std + s._mean
+    return x.float() * s.data.normalizer.std + s.data.normalizer.mean
 
 
 # -- sampling ---------------------------------------------------------------------------------
@@ -67,7 +75,7 @@ def test_balanced_epoch_has_exactly_k_per_class_and_follows_the_plan(shards):
     labels = torch.cat([b[1] for b in batches])
     assert np.bincount(labels.numpy()).tolist() == [9, 9, 9, 9]
     split = ClassIndex.load(shards).split("train")
-    plan = epoch_plan(split.labels, s.sampling, epoch=0, total_epochs=1, seed=0)
+    plan = epoch_plan(split.labels, s.spec.sampling, epoch=0, total_epochs=1, seed=0)
     assert torch.cat([b[2] for b in batches]).tolist() == plan.tolist()
     for images, labels, ids in batches:
         assert images.shape == (len(ids), 1, S, S) and images.dtype == torch.float32
@@ -94,7 +102,7 @@ def test_identity_spec_reproduces_to_input_and_normalisation(shards):
     s = stream(shards, sampling=SamplingSpec(kind="sequential"))
     images, labels, ids = next(iter(s))
     for out, img in zip(images, originals(shards, ids)):
-        expected = (to_input(img, S).float() / 255 - s._mean) / s._std
+        expected = (to_input(img, S).float() / 255 - s.data.normalizer.mean) / s.data.normalizer.std
         torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
 
 
@@ -108,7 +116,7 @@ def test_labels_match_the_raw_images(shards, tmp_path_factory):
     for images, labels, ids in s:
         for out, label, i in zip(images, labels, ids):
             pixels = np.asarray(Image.open(raw / str(int(label)) / f"{split.keys[int(i)]}.png"))
-            expected = (to_input(torch.from_numpy(pixels)[None], S).float() / 255 - s._mean) / s._std
+            expected = (to_input(torch.from_numpy(pixels)[None], S).float() / 255 - s.data.normalizer.mean) / s.data.normalizer.std
             torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
 
 
@@ -356,7 +364,7 @@ def test_bad_arguments_are_data_errors(shards):
     with pytest.raises(DataError, match="rank"):
         stream(shards, rank=2, world=2)
     with pytest.raises(DataError, match="split"):
-        DaliStream(shards, "nope", batch_size=4, sampling=BALANCED, augment=None, device="cpu")
+        make_dali(shards, "nope", batch_size=4, sampling=BALANCED, augment=None, device="cpu")
 
 
 def test_ring_median_matches_torch_on_edge_cases():

@@ -15,6 +15,7 @@ pytestmark = pytest.mark.gpu
 from datasets.augment import AugmentSpec  # noqa: E402
 from datasets.dali import DaliStream  # noqa: E402
 from datasets.sampling import SamplingSpec  # noqa: E402
+from datasets.stream_spec import StreamSpec  # noqa: E402
 
 STRONG = AugmentSpec(rotate="free", hflip=True, vflip=True, crop_scale=(0.6, 1.0), translate=3,
                      speckle=0.25, brightness=0.2, contrast=0.2)
@@ -25,11 +26,18 @@ def shards(module_shards: Path) -> Path:
     return module_shards
 
 
+def make_dali(root: Path, split: str, *, device: str = "auto", dtype=torch.float32, channels_last: bool = False,
+              num_threads: int = 2, **spec) -> DaliStream:
+    """A DaliStream from flat keyword arguments: the StreamSpec's fields plus DALI's own."""
+    return DaliStream(root, split, StreamSpec(**spec), device=device, dtype=dtype,
+                      channels_last=channels_last, num_threads=num_threads)
+
+
 def stream(root: Path, **kw) -> DaliStream:
     args = dict(batch_size=16, sampling=SamplingSpec(kind="class", per_class=12), augment=None,
                 device="gpu")
     args.update(kw)
-    return DaliStream(root, "train", **args)
+    return make_dali(root, "train", **args)
 
 
 def test_gpu_batches_land_on_the_local_gpu(shards, monkeypatch):

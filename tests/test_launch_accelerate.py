@@ -80,7 +80,7 @@ finish = run_module.finish
 def dump_then_finish(run):  # every rank's final weights, before the main process writes metrics
     acc = run.accelerator
     state = {k: v.detach().cpu() for k, v in run.model.state_dict().items()}
-    torch.save(state, run.run_dir / f"weights-rank{acc.process_index}-of-{acc.num_processes}.pt")
+    torch.save(state, run.setup.run_dir / f"weights-rank{acc.process_index}-of-{acc.num_processes}.pt")
     finish(run)
 
 run_module.finish = dump_then_finish

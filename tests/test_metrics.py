@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from trainer.errors import ConfigError
-from trainer.metrics import evaluate, group_classes, tta_logits, tta_views
+from trainer.metrics import evaluate, group_classes
+from trainer.scoring import tta_logits, tta_views
 
 LABELS = [0, 0, 0, 1, 1, 2]
 PREDS = [0, 0, 1, 1, 0, 2]

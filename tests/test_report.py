@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from trainer import plots, report
+from trainer import embedding, plots, report
 
 STAGES = ["joint", "no_class0", "balanced"]
 COUNTS = [40, 12, 6, 3]  # the tiny_shards fixture's class profile
@@ -138,13 +138,13 @@ def test_projections_find_the_structure() -> None:
     rng = np.random.default_rng(0)
     # PCA: the dominant direction is axis 2.
     f = rng.normal(size=(500, 5)) * np.array([1, 1, 10, 1, 1])
-    p = report.pca_2d(f)
+    p = embedding.pca_2d(f)
     assert abs(np.corrcoef(p[:, 0], f[:, 2])[0, 1]) > 0.99
     # LDA: classes differ along a low-variance axis that PCA would not pick first.
     y = np.repeat(np.arange(3), 200)
     f = rng.normal(size=(600, 6)) * np.array([20, 20, 1, 1, 1, 1])
     f[:, 3] += 4 * y
-    lda = report.lda_2d(f, y)[:, 0]
+    lda = embedding.lda_2d(f, y)[:, 0]
     means = [lda[y == c].mean() for c in range(3)]
     spread = max(lda[y == c].std() for c in range(3))
     assert min(abs(a - b) for i, a in enumerate(means) for b in means[i + 1:]) > 2 * spread
@@ -165,7 +165,10 @@ def add_stage_weights(run: Path) -> None:
         d = run / "stages" / f"{i}-{name}"
         d.mkdir(parents=True)
         torch.save(model.state_dict(), d / "model.pt")
-        (d / "head.json").write_text(json.dumps({"classes": model.classifier.classes}))
+        (d / "head.json").write_text(json.dumps({   # as the trainer writes it (trainer.run.head_info)
+            "classes": model.classifier.classes, "num_classes": 4, "input_size": 24, "tta": 1,
+            "model": {"name": "resnet_cifar", "depth": 8, "width": 4, "head": "linear"},
+            "pixel_mean": 0.3, "pixel_std": 0.2}))
 
 
 def test_report_with_stage_weights_and_shards(tmp_path: Path, tiny_shards: Path) -> None:
@@ -226,7 +229,7 @@ def test_lda_view_drawn_when_there_are_enough_chips(tmp_path: Path, tiny_shards:
     pytest.importorskip("datasets.stream")
     run = make_run(tmp_path / "run", shards=str(tiny_shards))
     add_stage_weights(run)
-    monkeypatch.setattr(report, "LDA_MIN_SAMPLES_PER_DIM", 0)
+    monkeypatch.setattr(embedding, "LDA_MIN_SAMPLES_PER_DIM", 0)
     out = tmp_path / "out"
     out.mkdir()
     md = report.section_features(report.load_run(run), out, ["0", "1", "2", "3"], "cpu", 200)

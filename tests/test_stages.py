@@ -3,6 +3,9 @@ keep the learned rows, the LR schedule is warmup + cosine."""
 from __future__ import annotations
 
 import math
+import sys
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,11 +13,15 @@ import torch
 from trainer.config import validate
 from trainer.errors import ConfigError
 from trainer.models import build_model
-from trainer.stages import (Schedule, apply_head, build_optimizer, lr_at, per_rank_batch,
-                            set_train_mode, set_trainable)
+from trainer.spec import OptimSpec, resolve
+from trainer.stages import Schedule, apply_head, build_optimizer, lr_at, set_train_mode, set_trainable
+from trainer.streams import per_rank_batch
 
-OPT = {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4, "warmup_epochs": 0.0,
-       "schedule": "cosine", "min_lr": 0.0, "grad_accum": 1}
+sys.path.insert(0, str(Path(__file__).parent))
+from trainer_helpers import fake_index  # noqa: E402
+
+OPT = OptimSpec(lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, warmup_epochs=0.0,
+                schedule="cosine", min_lr=0.0, grad_accum=1)
 
 
 def tiny(name="resnet_cifar"):
@@ -23,8 +30,9 @@ def tiny(name="resnet_cifar"):
     return build_model({"name": name, "depth": depth, "width": 8}, 4)
 
 
-def stage(**kw) -> dict:
-    return validate({"data": {"shards": "/x"}, "stages": [{"name": "s", **kw}]})["stages"][0]
+def stage(**kw):
+    cfg = validate({"data": {"shards": "/x"}, "stages": [{"name": "s", **kw}]})
+    return resolve(cfg, fake_index([6, 6, 6, 6])).stages[0]
 
 
 def snapshot(model) -> dict[str, torch.Tensor]:
@@ -104,13 +112,13 @@ def test_head_reset_and_keep():
 
 def test_subset_to_full_logits():
     model = tiny()
-    apply_head(model, stage(head="subset", classes=[2, 3]), 4)
+    apply_head(model, stage(head="subset", classes=[2, 3], sampler={"classes": [2, 3]}), 4)
     full = model.classifier.to_full_logits(model(torch.randn(3, 1, 16, 16)), 4)
     assert torch.isinf(full[:, :2]).all() and torch.isfinite(full[:, 2:]).all()
 
 
 def test_lr_schedule():
-    opt = dict(OPT, min_lr=0.001)
+    opt = replace(OPT, min_lr=0.001)
     total, warm = 100, 10
     lrs = [lr_at(s, total, warm, opt) for s in range(total)]
     assert lrs[0] == pytest.approx(0.01) and lrs[9] == pytest.approx(0.1)
@@ -118,7 +126,7 @@ def test_lr_schedule():
     assert lr_at(total, total, warm, opt) == pytest.approx(0.001)
     mid = lr_at(warm + (total - warm) // 2, total, warm, opt)
     assert mid == pytest.approx(0.001 + 0.099 * 0.5 * (1 + math.cos(math.pi * 0.5)))
-    assert lr_at(50, total, 0, dict(opt, schedule="constant")) == 0.1
+    assert lr_at(50, total, 0, replace(opt, schedule="constant")) == 0.1
 
 
 def test_schedule_counts_accumulation():

@@ -12,6 +12,7 @@ from conftest import write_raw
 from datasets.augment import AugmentSpec, to_input
 from datasets.sampling import SamplingSpec
 from datasets.stream import ShardStream, make_loader
+from datasets.stream_spec import StreamSpec
 from shards.errors import DataError
 from shards.index import ClassIndex
 
@@ -23,7 +24,7 @@ def stream(root: Path, split: str = "train", **kw) -> ShardStream:
     kw.setdefault("batch_size", 4)
     kw.setdefault("sampling", SamplingSpec())
     kw.setdefault("augment", None)
-    return ShardStream(root, split, **kw)
+    return ShardStream(root, split, StreamSpec(**kw))
 
 
 def collect(s: ShardStream, workers: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -159,8 +160,8 @@ def test_a_leaked_loader_does_not_hang_interpreter_exit(tiny_shards):
 
     script = (
         "from datasets.sampling import SamplingSpec\n"
-        "from datasets.stream import ShardStream, make_loader\n"
-        f"s = ShardStream({str(tiny_shards)!r}, 'train', batch_size=2, sampling=SamplingSpec(), augment=None, input_size=16)\n"
+        "from datasets.stream import ShardStream, make_loader\nfrom datasets.stream_spec import StreamSpec\n"
+        f"s = ShardStream({str(tiny_shards)!r}, 'train', StreamSpec(batch_size=2, sampling=SamplingSpec(), augment=None, input_size=16))\n"
         "it = iter(make_loader(s, 2))\n"
         "next(it)\n"
         "LEAK = it  # never shut down\n"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -40,7 +41,7 @@ def test_trainer_step_equals_bare_step():
     batches = make_batches(3, 8, 16, 10, torch.device("cpu"))
     cfg = {"name": "resnet_cifar", "depth": 8, "width": 8}
     _, ctx, bare, bare_opt = trainer_setup(cfg, batches, "no", 10)
-    ctx.opt = dict(ctx.opt, warmup_epochs=0.0, schedule="constant")  # the bare loop has a fixed LR
+    ctx.opt = replace(ctx.opt, warmup_epochs=0.0, schedule="constant")  # the bare loop has a fixed LR
     train_epoch(ctx, 0)
     bare_epoch(bare, bare_opt, batches)
     a, b = ctx.accelerator.unwrap_model(ctx.model).state_dict(), bare.state_dict()

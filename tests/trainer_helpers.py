@@ -61,3 +61,17 @@ def recipe_overrides(name: str, cfg_stages: list[dict] | None = None) -> list[st
         if st["sampler"]["classes"]:
             out.append(f"stages.{i}.sampler.classes=[1,2,3]")
     return out
+
+
+def fake_index(counts: list[int], sizes: dict[str, int] | None = None):
+    """A ClassIndex with a train split of `counts` per class (no files): for recipe resolution."""
+    from shards.index import ClassIndex, SplitIndex
+
+    labels = np.repeat(np.arange(len(counts)), counts)
+    n = len(labels)
+    cols = {c: np.zeros(n, dtype=np.int64) for c in ("shard", "offset", "size", "crc32", "height", "width")}
+    split = SplitIndex(name="train", root=Path("/fake"), shards=[], keys=[str(i) for i in range(n)],
+                       labels=labels, pixel_mean=0.5, pixel_std=0.2, num_classes=len(counts),
+                       image_sizes=sizes or {"56x56": n}, **cols)
+    return ClassIndex(root=Path("/fake"), classes=[str(c) for c in range(len(counts))],
+                      splits={"train": split, "val": split})

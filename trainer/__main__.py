@@ -2,8 +2,8 @@
 
   train      --config RECIPE [key=value …]   (the default when --config is given)
   resume     RUN
-  evaluate   --run RUN [--split val|test]
-  predict    --run RUN --images DIR --out results.csv
+  evaluate   --run RUN [--split val|test] [--classifier NAME]
+  predict    --run RUN --images DIR --out results.csv [--classifier NAME]
   bench      [options]                       trainer overhead vs a bare PyTorch loop
   report     → trainer.report.main            compare → trainer.compare.main
 """
@@ -15,7 +15,8 @@ import sys
 from shards.errors import DataError
 from trainer.errors import ConfigError, TrainingError
 
-COMMANDS = ("train", "resume", "evaluate", "predict", "bench", "report", "compare")
+CLASSIFIER_HELP = ("model (the final stage's head, default) or a post-hoc classifier the run fitted: "
+                   "crt, ncm, tau_norm, lws")
 USAGE = ("usage: python -m trainer [train] --config RECIPE [key=value ...]\n"
          "       python -m trainer {resume RUN | evaluate --run RUN [--split S] | "
          "predict --run RUN --images DIR --out CSV | bench | report ... | compare ...}")
@@ -46,10 +47,11 @@ def _evaluate(argv: list[str]) -> int:
     p.add_argument("--run", required=True)
     p.add_argument("--split", default="val", help="val (default) or test")
     p.add_argument("--json", action="store_true", help="print the EVAL dict as JSON")
+    p.add_argument("--classifier", default="model", help=CLASSIFIER_HELP)
     a = p.parse_args(argv)
     from trainer.predict import evaluate_run
 
-    return evaluate_run(a.run, a.split, as_json=a.json)
+    return evaluate_run(a.run, a.split, as_json=a.json, classifier=a.classifier)
 
 
 def _predict(argv: list[str]) -> int:
@@ -58,10 +60,11 @@ def _predict(argv: list[str]) -> int:
     p.add_argument("--images", required=True, help="folder of SAR_<id>.png")
     p.add_argument("--out", required=True, help="results.csv (image_id,class_id)")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--classifier", default="model", help=CLASSIFIER_HELP)
     a = p.parse_args(argv)
     from trainer.predict import predict
 
-    return predict(a.run, a.images, a.out, batch_size=a.batch_size)
+    return predict(a.run, a.images, a.out, batch_size=a.batch_size, classifier=a.classifier)
 
 
 def _bench(argv: list[str]) -> int:

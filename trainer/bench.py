@@ -70,22 +70,23 @@ def trainer_setup(model_cfg: dict, batches: list, precision: str, classes: int):
     from trainer.loop import EpochContext
     from trainer.losses import build_loss
     from trainer.models import build_model
-    from trainer.run import make_accelerator
+    from trainer.preflight import make_accelerator
+    from trainer.spec import OptimSpec
     from trainer.stages import Schedule, build_optimizer, set_trainable
 
     cfg = validate({"data": {"shards": "-"}, "model": model_cfg, "optim": {"precision": precision},
                     "stages": [{"name": "bench"}]})
     acc = make_accelerator(cfg, run_dir=".", trackers=False)
     torch.manual_seed(0)
-    raw = build_model(cfg["model"], classes).to(acc.device)
+    raw = build_model({**cfg["model"], "head": "linear"}, classes).to(acc.device)
     bare = copy.deepcopy(raw)
-    opt_cfg = dict(cfg["optim"])
+    opt_cfg = OptimSpec(**{k: v for k, v in cfg["optim"].items() if k != "precision"})
     model, optimizer = acc.prepare(raw, build_optimizer(set_trainable(raw, "all"), opt_cfg))
     loss = build_loss({"name": "ce"}, [1] * classes).to(acc.device)
     ctx = EpochContext(accelerator=acc, model=model, optimizer=optimizer, loss_fn=loss,
-                       stream=MemoryStream(batches), schedule=Schedule(len(batches), 1, 1000, 0.0),
+                       stream=MemoryStream(batches), iterate=iter, schedule=Schedule(len(batches), 1, 1000, 0.0),
                        opt=opt_cfg, part="all", to_full=lambda z: raw.classifier.to_full_logits(z, classes),
-                       stage_index=0, stage_name="bench", num_workers=0, log_every=50,
+                       stage_index=0, stage_name="bench", log_every=50,
                        on_log=lambda r: None, progress_bar=False)
     bare_opt = build_optimizer(list(bare.parameters()), opt_cfg)
     return acc, ctx, bare, bare_opt

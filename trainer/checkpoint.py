@@ -14,8 +14,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from shards.atomic import write_atomic
+import torch
+
+from shards.atomic import atomic_path, fsync_dir, fsync_file, write_atomic, write_json
 from trainer.errors import TrainingError
+from trainer.models import build_model
 
 LAST = "last"
 TMP = ".tmp-last"
@@ -58,10 +61,12 @@ def save(accelerator, run_dir: Path, progress: dict[str, Any]) -> None:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_atomic(tmp / "progress.json", json.dumps(progress, indent=1))
+        _fsync_tree(tmp)  # the state files must be on disk before the rename publishes them
         if last.exists():
             shutil.rmtree(old, ignore_errors=True)
             last.rename(old)
         tmp.rename(last)
+        fsync_dir(root)
         shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
 
@@ -86,3 +91,43 @@ def load(accelerator, folder: Path) -> None:
 def model_signature(model, cfg_model: dict, head_classes: list[int]) -> dict:
     return {"model": dict(cfg_model), "head_classes": list(head_classes),
             "num_params": sum(p.numel() for p in model.parameters())}
+
+
+def save_weights(model, path: Path) -> None:
+    """A model's state dict (on the CPU) to `path`, atomically: best epoch and stage weights."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def mark_done(run_dir: Path) -> None:
+    """Record that the run finished: the same command run again just prints its table."""
+    folder = checkpoint_dir(run_dir) / LAST
+    progress = read_progress(run_dir) if folder.is_dir() else None
+    write_json(folder / "progress.json", {**(progress or {}), "done": True})
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in sorted(folder.rglob("*"), reverse=True):  # files before their folders
+        if path.is_file():
+            fsync_file(path)
+        else:
+            fsync_dir(path)
+    fsync_dir(folder)
+
+
+def load_weights(folder: Path) -> tuple[torch.nn.Module, dict]:
+    """The model saved after a stage (RUN/stages/<i>-<name>/model.pt + head.json), in eval mode.
+    The head adopts the saved class list, so a stage that trained a subset head loads too."""
+    try:
+        info = json.loads((folder / "head.json").read_text())
+    except (OSError, ValueError) as e:
+        raise TrainingError(f"{folder / 'head.json'}: missing or unreadable ({e})") from None
+    model = build_model(info["model"], info["num_classes"])
+    state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise TrainingError(f"{folder / 'model.pt'}: weights are from another model: "
+                            f"{str(e).splitlines()[0]}") from None
+    return model.eval(), info

@@ -26,6 +26,7 @@ from shards.errors import DataError
 from trainer import plots
 from trainer.config import config_differences, load_config, load_run_config, recipe_path
 from trainer.errors import ConfigError, TrainingError
+from trainer.summary import headline
 
 METRICS = ("top1", "balanced_acc", "head", "middle", "tail")
 HEADERS = {"top1": "top-1", "balanced_acc": "balanced acc", "head": "head", "middle": "middle", "tail": "tail"}
@@ -86,16 +87,6 @@ def read_eval(run: Path, split: str) -> dict:
     return ev
 
 
-def eval_values(ev: dict) -> dict[str, float]:
-    """The table's metrics from one EVAL; a missing or null value (an empty group) is NaN."""
-    groups = ev.get("groups") or {}
-    out = {}
-    for m in METRICS:
-        v = ev.get(m) if m in ("top1", "balanced_acc") else groups.get(m)
-        out[m] = float(v) if isinstance(v, (int, float)) else math.nan
-    return out
-
-
 def collect_rows(runs: dict[str, list[Path]], split: str) -> dict[str, list[dict[str, float]]]:
     """Row name -> one value dict per seed: the recipe's final model, and `recipe/classifier`
     for every post-hoc classifier the runs report."""
@@ -103,9 +94,9 @@ def collect_rows(runs: dict[str, list[Path]], split: str) -> dict[str, list[dict
     for name, folders in runs.items():
         for folder in folders:
             ev = read_eval(folder, split)
-            rows.setdefault(name, []).append(eval_values(ev))
+            rows.setdefault(name, []).append(headline(ev))
             for clf, cev in sorted((ev.get("classifiers") or {}).items()):
-                rows.setdefault(f"{name}/{clf}", []).append(eval_values(cev))
+                rows.setdefault(f"{name}/{clf}", []).append(headline(cev))
     return rows
 
 

@@ -1,15 +1,12 @@
-"""Recipes: a YAML file plus dotted `key=value` overrides, checked against a schema with defaults.
-
-The schema is a nested dict: a `Field` is a leaf (types, default, allowed values), a dict is a
-section, `OPEN` marks a free-form dict handed to another module (the loss config). `stages` is a
-list whose items follow `STAGE`. Every unknown or mistyped key is a ConfigError that names the
-key and lists the valid keys at that level, with the closest one suggested.
+"""Recipes: a YAML file plus dotted `key=value` overrides, checked against trainer.schema with
+its defaults filled in. Every unknown or mistyped key is a ConfigError that names the key and
+lists the valid keys at that level, with the closest one suggested; a key that moved names
+its new spelling. The validated dict is what RUN/config.yaml holds; trainer.spec resolves it.
 """
 from __future__ import annotations
 
 import copy
 import difflib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,107 +14,10 @@ import yaml
 
 from shards.atomic import write_atomic
 from trainer.errors import ConfigError
+from trainer.schema import (CLASSIFIERS, DEFAULT_LOSS, LENGTHS, MOVED, OPEN, REQUIRED, RESUME_FREE,
+                            SCHEMA, STAGE, Field)
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
-REQUIRED = object()  # default meaning "must be given"
-
-
-@dataclass(frozen=True)
-class Field:
-    types: tuple[type, ...]
-    default: Any
-    choices: tuple | None = None
-    nullable: bool = False
-    item_type: type | None = None  # for lists
-
-
-def F(types, default, choices=None, nullable=False, item_type=None) -> Field:
-    types = types if isinstance(types, tuple) else (types,)
-    return Field(types, default, tuple(choices) if choices else None, nullable, item_type)
-
-
-OPEN = "open"  # free-form dict, validated by its consumer (build_loss)
-
-SAMPLER = {
-    "kind": F(str, "instance", ["instance", "class", "sqrt", "power", "progressive", "sequential"]),
-    "q": F(float, None, nullable=True),
-    "classes": F(list, None, nullable=True, item_type=int),
-    "per_class": F(int, None, nullable=True),
-    "epoch_size": F(int, None, nullable=True),
-}
-AUGMENT = {
-    "rotate": F(str, "none", ["none", "free", "right"]),
-    "hflip": F(bool, False),
-    "vflip": F(bool, False),
-    "crop_scale": F(list, [1.0, 1.0], item_type=float),
-    "translate": F(int, 0),
-    "speckle": F(float, 0.0),
-    "brightness": F(float, 0.0),
-    "contrast": F(float, 0.0),
-}
-OPTIM = {
-    "lr": F(float, 0.1),
-    "momentum": F(float, 0.9),
-    "nesterov": F(bool, True),
-    "weight_decay": F(float, 5e-4),
-    "warmup_epochs": F(float, 0.0),
-    "schedule": F(str, "cosine", ["cosine", "constant"]),
-    "min_lr": F(float, 0.0),
-    "precision": F(str, "auto", ["auto", "no", "bf16", "fp16"]),
-    "grad_accum": F(int, 1),
-}
-# Per-stage optimizer overrides: same keys, every one optional (None = take the global value).
-STAGE_OPTIM = {k: F(f.types, None, f.choices, True, f.item_type) for k, f in OPTIM.items()
-               if k not in ("precision",)}
-STAGE = {
-    "name": F(str, REQUIRED),
-    "epochs": F(int, 1),
-    "sampler": SAMPLER,
-    "augment": AUGMENT,
-    "train": F(str, "all", ["all", "classifier", "last_block"]),
-    "head": F(str, "keep", ["keep", "subset", "expand", "reset"]),
-    "classes": F(list, None, nullable=True, item_type=int),
-    "loss": OPEN,
-    "lr": F(float, None, nullable=True),
-    "optim": STAGE_OPTIM,
-    "classifiers": F(list, [], item_type=str),
-    "select": F(str, "last", ["last", "best"]),
-}
-SCHEMA = {
-    "seed": F(int, 0),
-    "run": {
-        "dir": F(str, None, nullable=True),
-        "log_every": F(int, 50),
-        "progress_bar": F(bool, True),
-        "debug_ids": F(bool, False),        # log the sample ids each rank sees (tests)
-        "fail_at_step": F(int, None, nullable=True),  # inject a crash (resume tests)
-    },
-    "data": {
-        "shards": F(str, REQUIRED),
-        "input_size": F(int, 56),
-        "batch_size": F(int, 128),
-        "eval_batch_size": F(int, 256),
-        "num_workers": F(int, 2),
-        "loader": F(str, "auto", ["auto", "torch", "dali"]),
-        "tta": F(int, 1),
-    },
-    "model": {
-        "name": F(str, "shake_shake"),     # checked by trainer.models.build_model
-        "depth": F(int, 26),
-        "width": F(int, 32),
-    },
-    "optim": OPTIM,
-    "eval": {
-        "groups": OPEN,
-        "select_metric": F(str, "balanced_acc", ["balanced_acc", "top1"]),
-    },
-    "stages": [STAGE],
-}
-CLASSIFIERS = ("crt", "ncm", "tau_norm", "lws")
-DEFAULT_LOSS = {"name": "ce"}
-# Keys that may differ between a run and its resumption (they do not change results).
-RESUME_FREE = {("data", "num_workers"), ("run", "progress_bar"), ("run", "fail_at_step"),
-               ("data", "loader")}
 
 
 # ---------------------------------------------------------------- loading
@@ -153,6 +53,8 @@ def load_config(recipe: str, overrides: list[str] = ()) -> dict:
     cfg = validate(raw, source=str(path))
     if cfg["run"]["dir"] is None:
         cfg["run"]["dir"] = str(Path("runs") / path.stem)
+    if cfg["run"]["recipe"] is None:
+        cfg["run"]["recipe"] = str(path)
     return cfg
 
 
@@ -257,6 +159,9 @@ def _check_section(path: str, spec: dict, value: Any) -> dict:
     if not isinstance(value, dict):
         raise ConfigError(f"{path or '<top>'}: expected a mapping, got {type(value).__name__} {value!r}")
     for key in value:
+        moved = MOVED.get(("stage" if spec is STAGE else path, key))
+        if moved:
+            raise ConfigError(f"{_join(path, key)}: this key moved; use {moved.format(path)}")
         if key not in spec:
             where = path or "the top level"
             raise ConfigError(f"unknown key {_join(path, key)!r}{_suggest(key, spec)}; "
@@ -293,56 +198,48 @@ def validate(raw: dict, source: str = "recipe") -> dict:
 
 
 def _check_semantics(cfg: dict) -> None:
-    for key in ("input_size", "batch_size", "eval_batch_size", "tta"):
-        if cfg["data"][key] < 1:
-            raise ConfigError(f"data.{key}: must be >= 1, got {cfg['data'][key]}")
-    if cfg["data"]["num_workers"] < 0:
+    """Checks that need more than one key; the ones that need the shards are in trainer.spec."""
+    data = cfg["data"]
+    if isinstance(data["input_size"], str) and data["input_size"] != "auto":
+        raise ConfigError(f"data.input_size: expected a number of pixels or auto, got {data['input_size']!r}")
+    for key in ("input_size", "batch_size", "eval_batch_size", "tta", "dali_threads"):
+        if isinstance(data[key], int) and data[key] < 1:
+            raise ConfigError(f"data.{key}: must be >= 1, got {data[key]}")
+    if data["num_workers"] < 0:
         raise ConfigError("data.num_workers: must be >= 0")
     if cfg["optim"]["grad_accum"] < 1:
         raise ConfigError("optim.grad_accum: must be >= 1")
+    for name in ("crt", "lws"):
+        _check_length(f"posthoc.{name}", cfg["posthoc"][name])
     names = set()
     for i, st in enumerate(cfg["stages"]):
         where = f"stages.{i}"
         if st["name"] in names or "/" in st["name"]:
             raise ConfigError(f"{where}.name: {st['name']!r} is repeated or contains '/'")
         names.add(st["name"])
-        if st["epochs"] < 0:
-            raise ConfigError(f"{where}.epochs: must be >= 0")
+        _check_length(where, st)
         if st["loss"] is None:
             st["loss"] = dict(DEFAULT_LOSS)
         for c in st["classifiers"]:
             if c not in CLASSIFIERS:
                 raise ConfigError(f"{where}.classifiers: {c!r} is not one of {', '.join(CLASSIFIERS)}"
                                   f"{_suggest(c, CLASSIFIERS)}")
-        if st["head"] == "subset" and not (st["classes"] or st["sampler"]["classes"]):
-            raise ConfigError(f"{where}: head: subset needs `classes` (or sampler.classes)")
         if len(st["augment"]["crop_scale"]) != 2:
             raise ConfigError(f"{where}.augment.crop_scale: expected two numbers [min, max]")
-        if st["sampler"]["kind"] == "power" and st["sampler"]["q"] is None:
-            raise ConfigError(f"{where}.sampler: kind power needs q")
+        if st["expand_rows"] == "restore" and st["head"] != "expand":
+            raise ConfigError(f"{where}.expand_rows: restore applies to head: expand only")
 
 
-# ---------------------------------------------------------------- helpers for the run
-def stage_optim(cfg: dict, stage: dict) -> dict:
-    """Global optimizer settings with the stage's overrides (`lr`, `optim.*`) applied."""
-    out = dict(cfg["optim"])
-    out.update({k: v for k, v in stage["optim"].items() if v is not None})
-    if stage["lr"] is not None:
-        out["lr"] = stage["lr"]
-    return out
+def _check_length(where: str, section: dict) -> None:
+    given = [k for k in LENGTHS if section[k] is not None]
+    if len(given) > 1:
+        raise ConfigError(f"{where}: give one of {', '.join(LENGTHS)}, not {' and '.join(given)} "
+                          f"(set the others to null, e.g. {where}.{given[0]}=null)")
+    if given and section[given[0]] < (0 if given[0] == "epochs" else 1):
+        raise ConfigError(f"{where}.{given[0]}: must be >= {0 if given[0] == 'epochs' else 1}")
 
 
-def head_classes(cfg: dict, stage_index: int, num_classes: int) -> list[int]:
-    """The classes the head covers during stage `stage_index` (after its transition)."""
-    classes = list(range(num_classes))
-    for st in cfg["stages"][: stage_index + 1]:
-        if st["head"] == "subset":
-            classes = sorted(st["classes"] or st["sampler"]["classes"])
-        elif st["head"] == "expand":
-            classes = list(range(num_classes))
-    return classes
-
-
+# ---------------------------------------------------------------- run folders
 def config_differences(a: dict, b: dict, path: str = "") -> list[str]:
     """Keys whose values differ (ignoring the ones that may change on resume)."""
     if isinstance(a, dict) and isinstance(b, dict):

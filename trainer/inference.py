@@ -17,6 +17,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from trainer.scoring import tta_logits
+
 
 def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
@@ -42,9 +44,7 @@ def default_device() -> torch.device:
 def _forward_fn(model: nn.Module, tta_views: int) -> Callable[[torch.Tensor], torch.Tensor]:
     if tta_views <= 1:
         return model
-    from trainer.metrics import tta_logits  # the same TTA the evaluation uses
-
-    return lambda x: tta_logits(model, x, tta_views)
+    return lambda x: tta_logits(model, x, tta_views)  # the same TTA the evaluation uses
 
 
 def latency_per_chip(model: nn.Module, batch: int, input_size: int, device: torch.device, *,

@@ -1,7 +1,7 @@
-"""The train epoch and the evaluation pass (logits gathered over ranks, de-duplicated by id)."""
+"""The train epoch: one pass over the stage's stream, an optimizer step per (accumulated) batch."""
 from __future__ import annotations
 
-import math
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -11,7 +11,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from trainer.errors import TrainingError
-from trainer.stages import Schedule, iterate, lr_at, set_lr, set_train_mode
+from trainer.spec import OptimSpec
+from trainer.stages import Schedule, lr_at, set_lr, set_train_mode
 
 
 @dataclass
@@ -22,13 +23,13 @@ class EpochContext:
     optimizer: object           # prepared
     loss_fn: nn.Module
     stream: object
+    iterate: Callable[[object], object]   # stream -> iterator of batches (trainer.streams)
     schedule: Schedule
-    opt: dict                   # resolved optimizer settings (lr, min_lr, schedule, …)
+    opt: OptimSpec
     part: str                   # all | classifier | last_block
     to_full: Callable[[torch.Tensor], torch.Tensor]  # head logits -> all classes (-inf outside the head)
     stage_index: int
     stage_name: str
-    num_workers: int
     log_every: int = 50
     on_log: Callable[[dict], None] | None = None      # train record -> history/tensorboard
     should_stop: Callable[[], bool] | None = None     # preemption check after each step
@@ -54,7 +55,7 @@ def train_epoch(ctx: EpochContext, epoch: int, start_batch: int = 0) -> tuple[in
     show = ctx.progress_bar and acc.is_local_main_process
     bar = tqdm(total=n_micro, initial=start_batch, disable=None if show else True,
                desc=f"{ctx.stage_name} ep{epoch}", leave=False, dynamic_ncols=True)
-    for images, labels, ids in iterate(ctx.stream, ctx.num_workers):
+    for images, labels, ids in ctx.iterate(ctx.stream):
         batch += 1
         if ctx.on_ids is not None:
             ctx.on_ids(epoch, np.asarray(ids))
@@ -97,7 +98,7 @@ def _step(ctx: EpochContext, group: list, device) -> torch.Tensor:
         images = images.to(device, non_blocking=True)
         targets = labels.to(device, non_blocking=True)
         sync = j == len(group) - 1
-        ctx_mgr = acc.no_sync(model) if not sync else _nullcontext()
+        ctx_mgr = acc.no_sync(model) if not sync else nullcontext()
         with ctx_mgr:
             with acc.autocast():
                 logits = ctx.to_full(model(images).float())
@@ -107,14 +108,6 @@ def _step(ctx: EpochContext, group: list, device) -> torch.Tensor:
     ctx.optimizer.step()
     ctx.optimizer.zero_grad(set_to_none=True)
     return total
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _flush(ctx: EpochContext, window: list, steps: list[int], epoch: int, lr: float) -> None:
@@ -129,75 +122,3 @@ def _flush(ctx: EpochContext, window: list, steps: list[int], epoch: int, lr: fl
         ctx.on_log({"stage": ctx.stage_index, "stage_name": ctx.stage_name, "epoch": epoch,
                     "step": steps[-1], "global_step": ctx.global_step, "kind": "train",
                     "loss": float(values.mean()), "lr": lr})
-
-
-# ---------------------------------------------------------------- evaluation
-@dataclass
-class Outputs:
-    """Per-sample outputs of one split, ordered by sample id."""
-    ids: np.ndarray
-    labels: np.ndarray
-    logits: np.ndarray           # [N, num_classes], classes outside the head are -inf
-    features: np.ndarray | None  # [N, D] when requested
-
-
-def collect(accelerator, model: nn.Module, stream, *, num_classes: int, num_workers: int,
-            tta: int = 1, features: bool = False) -> Outputs:
-    """Run the model over a split in eval mode; gather over ranks; keep one row per id."""
-    net = accelerator.unwrap_model(model)
-    was_training = net.training
-    net.eval()
-    stream.set_epoch(0, 0)
-    ids_l, lab_l, log_l, feat_l = [], [], [], []
-    device = accelerator.device
-    with torch.no_grad(), accelerator.autocast():
-        for images, labels, ids in iterate(stream, num_workers):
-            images = images.to(device, non_blocking=True)
-            if features:
-                f = net.features(images)
-                logits = net.classifier(f)
-                feat_l.append(f.float())
-            elif tta > 1:
-                from trainer.metrics import tta_logits
-
-                logits = tta_logits(net, images, tta)
-            else:
-                logits = net(images)
-            log_l.append(net.classifier.to_full_logits(logits.float(), num_classes))
-            lab_l.append(labels.to(device))
-            ids_l.append(ids.to(device))
-    net.train(was_training)
-    dim = net.feature_dim
-    cat = lambda xs, shape, dtype: torch.cat(xs) if xs else torch.zeros(shape, dtype=dtype, device=device)
-    ids = cat(ids_l, (0,), torch.long)
-    out = {"ids": ids, "labels": cat(lab_l, (0,), torch.long),
-           "logits": cat(log_l, (0, num_classes), torch.float32)}
-    if features:
-        out["features"] = cat(feat_l, (0, dim), torch.float32)
-    out = _gather(accelerator, out)
-    keep = _dedupe(out["ids"])
-    return Outputs(ids=out["ids"][keep], labels=out["labels"][keep], logits=out["logits"][keep],
-                   features=out["features"][keep] if features else None)
-
-
-def _gather(accelerator, tensors: dict) -> dict:
-    """Pad every rank's rows to the same count (ids padded with -1), gather, move to numpy."""
-    if accelerator.num_processes == 1:
-        return {k: v.cpu().numpy() for k, v in tensors.items()}
-    out = {}
-    for k, v in tensors.items():
-        # -inf logits do not survive the padding value; pad with 0 and drop by id instead.
-        padded = accelerator.pad_across_processes(v.contiguous(), dim=0, pad_index=-1 if k == "ids" else 0)
-        out[k] = accelerator.gather(padded).cpu().numpy()
-    return out
-
-
-def _dedupe(ids: np.ndarray) -> np.ndarray:
-    """Positions of the first row of every real id, in id order."""
-    valid = np.flatnonzero(ids >= 0)
-    _, first = np.unique(ids[valid], return_index=True)
-    return valid[first]
-
-
-def nan_safe(x: float) -> float:
-    return float(x) if math.isfinite(x) else float("nan")

@@ -1,4 +1,4 @@
-"""Evaluation numbers (plain Python, JSON-ready) and test-time augmentation.
+"""Evaluation numbers (plain Python, JSON-ready).
 
 `evaluate` gives top-1, balanced accuracy (mean recall over classes present in the labels),
 per-class accuracy (null for classes absent from the labels), the confusion matrix
@@ -13,8 +13,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from trainer.errors import ConfigError
 
@@ -93,22 +91,3 @@ def _predictions(logits_or_preds) -> np.ndarray:
     if a.ndim == 1:
         return a.astype(np.int64)
     raise ConfigError(f"evaluate: expected logits [N, C] or predictions [N], got shape {a.shape}")
-
-
-# --- test-time augmentation -------------------------------------------------------------
-
-def tta_views(x: torch.Tensor, n: int) -> list[torch.Tensor]:
-    """The first n of the 8 dihedral views of [B, C, H, W]: identity, hflip, vflip, rot180,
-    transpose, rot90, rot270, anti-transpose (n = 3 is the seed's identity/hflip/vflip)."""
-    if not 1 <= n <= 8:
-        raise ConfigError(f"tta: number of views must be 1..8, got {n}")
-    t = x.transpose(-2, -1)
-    views = [x, x.flip(-1), x.flip(-2), x.flip(-2, -1), t, t.flip(-1), t.flip(-2), t.flip(-2, -1)]
-    return views[:n]
-
-
-@torch.no_grad()
-def tta_logits(model: nn.Module, x: torch.Tensor, n: int) -> torch.Tensor:
-    """log of the mean softmax probability over n views (n = 1: log-softmax of the logits)."""
-    logp = torch.stack([F.log_softmax(model(v).float(), dim=1) for v in tta_views(x, n)])
-    return torch.logsumexp(logp, dim=0) - math.log(n)

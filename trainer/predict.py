@@ -1,4 +1,5 @@
-"""`evaluate` and `predict` on a finished run: the last stage's weights, the recipe's TTA."""
+"""`evaluate` and `predict` on a finished run: the last stage's model or one of its post-hoc
+classifiers (`--classifier`), with the recipe's TTA, scored by the same `Scorer` as training."""
 from __future__ import annotations
 
 import json
@@ -6,58 +7,61 @@ import re
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
+from torchvision.io import ImageReadMode
 
-from shards.errors import DataError
+from datasets.augment import to_input
+from datasets.decode import decode_png
+from datasets.stream_spec import Normalizer
 from shards.atomic import write_atomic
+from shards.errors import DataError
+from trainer import checkpoint
 from trainer.config import load_run_config
-from trainer.errors import ConfigError, TrainingError
+from trainer.errors import ConfigError
+from trainer.evaluation import Evaluator
+from trainer.posthoc import load_classifier
+from trainer.preflight import prepare
+from trainer.run import make_evaluator, stage_dir
+from trainer.scoring import Scorer
+from trainer.summary import print_table
 
 IMAGE_NAME = re.compile(r"^SAR_(\d+)\.png$")
+MODEL = "model"
 
 
 def final_stage_dir(run_dir: Path, cfg: dict) -> Path:
     i = len(cfg["stages"]) - 1
-    folder = Path(run_dir) / "stages" / f"{i}-{cfg['stages'][i]['name']}"
+    folder = stage_dir(run_dir, cfg["stages"][i]["name"], i)
     if not (folder / "model.pt").is_file():
         raise ConfigError(f"{folder / 'model.pt'}: missing; the run has not finished its last stage")
     return folder
 
 
-def load_model(folder: Path, cfg: dict) -> tuple[torch.nn.Module, dict]:
-    from trainer.models import build_model
-
-    info = json.loads((folder / "head.json").read_text())
-    model = build_model(cfg["model"], info["num_classes"])
-    state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
-    try:
-        model.load_state_dict(state)  # the Head adopts the saved class list
-    except RuntimeError as e:
-        raise TrainingError(f"{folder / 'model.pt'}: weights are from another model: "
-                            f"{str(e).splitlines()[0]}") from None
-    return model.eval(), info
+def load_scorer(run_dir: Path, classifier: str = MODEL) -> tuple[Scorer, dict]:
+    """The final model with `classifier` (model, crt, ncm, tau_norm, lws) and the run's TTA."""
+    folder = final_stage_dir(run_dir, load_run_config(run_dir))
+    model, info = checkpoint.load_weights(folder)
+    clf = None if classifier == MODEL else load_classifier(folder, classifier, model.feature_dim,
+                                                           info["num_classes"])
+    return Scorer(model, clf, info["tta"], info["num_classes"]).eval(), info
 
 
-def evaluate_run(run_dir: str | Path, split: str = "val", as_json: bool = False) -> int:
-    from trainer.run import History, Run, evaluate_split, make_accelerator, open_shards, print_table
-
+def evaluate_run(run_dir: str | Path, split: str = "val", as_json: bool = False,
+                 classifier: str = MODEL) -> int:
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
-    folder = final_stage_dir(run_dir, cfg)
-    index = open_shards(cfg)
-    if split not in index.splits:
+    setup = prepare(cfg, trackers=False, check_run=False)
+    if split not in setup.index.splits:
         raise ConfigError(f"--split {split}: the shards at {cfg['data']['shards']} have splits "
-                          f"{', '.join(index.splits)}")
-    model, _ = load_model(folder, cfg)
-    acc = make_accelerator(cfg, run_dir, trackers=False)
-    model.to(acc.device)
-    run = Run(cfg, run_dir, acc, index, model, History(run_dir / "history.jsonl", None, False))
-    ev = evaluate_split(run, model, split)
+                          f"{', '.join(setup.index.splits)}")
+    scorer, _ = load_scorer(run_dir, classifier)
+    scorer.to(setup.accelerator.device)
+    evaluator: Evaluator = make_evaluator(setup)
+    ev = evaluator.evaluate(scorer.model, split, scorer.classifier)
     if as_json:
         print(json.dumps(ev))
-    elif acc.is_main_process:
-        print_table({run_dir.name: {"final": {split: ev}}})
+    elif setup.main:
+        print_table({f"{run_dir.name}/{classifier}": {"final": {split: ev}}})
     return 0
 
 
@@ -70,40 +74,33 @@ def list_images(folder: Path) -> list[tuple[int, Path]]:
     return found
 
 
-def load_batch(paths: list[Path], size: int, mean: float, std: float) -> torch.Tensor:
-    from torchvision.io import ImageReadMode, decode_png, read_file
-
-    from datasets.augment import to_input
-
+def load_batch(paths: list[Path], size: int, norm: Normalizer) -> torch.Tensor:
+    """Chips as the evaluation stream feeds them: decode, centre crop/pad, normalise."""
     out = []
     for p in paths:
         try:
-            img = decode_png(read_file(str(p)), mode=ImageReadMode.GRAY)
+            img = decode_png(torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8), ImageReadMode.GRAY)
         except RuntimeError as e:
             raise DataError(f"{p}: not a readable PNG ({str(e).splitlines()[0]})") from None
         out.append(to_input(img, size))
-    x = torch.stack(out).float() / 255.0
-    return (x - mean) / std
+    return norm.from_uint8(torch.stack(out))
 
 
-def predict(run_dir: str | Path, images: str | Path, out: str | Path, batch_size: int = 256) -> int:
+def predict(run_dir: str | Path, images: str | Path, out: str | Path, batch_size: int = 256,
+            classifier: str = MODEL) -> int:
     """results.csv in the NTIRE format: image_id,class_id (image_id from SAR_<id>.png)."""
-    from trainer.metrics import tta_logits
-
-    run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir)
-    model, info = load_model(final_stage_dir(run_dir, cfg), cfg)
+    scorer, info = load_scorer(Path(run_dir), classifier)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
+    scorer.to(device)
+    norm = Normalizer(info["pixel_mean"], info["pixel_std"] or 1.0)
     found = list_images(Path(images))
     rows = ["image_id,class_id"]
     with torch.no_grad():
         for start in range(0, len(found), batch_size):
             chunk = found[start:start + batch_size]
-            x = load_batch([p for _, p in chunk], info["input_size"], info["pixel_mean"], info["pixel_std"]).to(device)
-            logits = tta_logits(model, x, info["tta"]) if info["tta"] > 1 else model(x)
-            preds = np.asarray(info["classes"])[logits.argmax(1).cpu().numpy()]
+            x = load_batch([p for _, p in chunk], info["input_size"], norm).to(device)
+            preds = scorer(x).argmax(1).cpu().numpy()
             rows += [f"{image_id},{int(c)}" for (image_id, _), c in zip(chunk, preds)]
     write_atomic(Path(out), "\n".join(rows) + "\n")
-    print(f"{out}: {len(found)} predictions", file=sys.stderr)
+    print(f"{out}: {len(found)} predictions ({classifier})", file=sys.stderr)
     return 0

@@ -15,17 +15,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 
+from datasets import ntire
 from shards.atomic import write_atomic
 from shards.errors import DataError
-from trainer import plots
+from shards.index import ClassIndex
+from trainer import inference, plots
+from trainer.checkpoint import load_weights
+from trainer.embedding import section_features
 from trainer.errors import ConfigError, TrainingError
+from trainer.summary import headline
 
 GROUPS = ("head", "middle", "tail")
 PAPER_GROUPS = ("many", "medium", "few")
 DEFAULT_TTA_VIEWS = 3  # seed 000 evaluates with 3 TTA views
-LDA_MIN_SAMPLES_PER_DIM = 5
 
 
 @dataclass
@@ -43,6 +48,9 @@ class RunFolder:
 
     def final_eval(self, split: str = "val") -> dict | None:
         return (self.metrics.get("final") or {}).get(split)
+
+    def stage_names(self) -> dict[int, str]:
+        return stage_names(self)
 
 
 def load_run(path: Path | str) -> RunFolder:
@@ -105,8 +113,6 @@ def class_counts(run: RunFolder) -> list[int] | None:
     shards = (run.config.get("data") or {}).get("shards")
     if shards:
         try:
-            from shards.index import ClassIndex
-
             return [int(c) for c in ClassIndex.load(shards).split("train").class_counts()]
         except Exception as e:  # noqa: BLE001 - the shards may have moved since training
             run.notes.append(f"training counts unavailable ({e}); classes shown in label order")
@@ -118,18 +124,14 @@ def class_labels(run: RunFolder) -> list[str]:
     classes = run.classes
     names = run.metrics.get("class_names")
     if not names:
-        try:
-            from datasets import ntire
-
-            names = getattr(ntire, "CLASS_NAMES", None)
-        except Exception:  # noqa: BLE001 - optional nicety
-            names = None
+        names = ntire.CLASS_NAMES
     if names and len(names) == len(classes) and classes == [str(i) for i in range(len(classes))]:
         return [f"{c} {n}" for c, n in zip(classes, names)]
     return classes
 
 
-def group_classes(ev: dict | None, which=GROUPS) -> dict[str, list[int]]:
+def eval_group_classes(ev: dict | None, which=GROUPS) -> dict[str, list[int]]:
+    """The classes of each group, as one EVAL recorded them."""
     gc = (ev or {}).get("group_classes") or {}
     return {g: [int(c) for c in gc[g]] for g in which if g in gc}
 
@@ -162,7 +164,7 @@ def section_per_class(run: RunFolder, out: Path, labels: list[str], counts) -> l
     if not series:
         return ["_Skipped: metrics.json has no per-class validation accuracy._"]
     plots.per_class_accuracy(out / "per_class_accuracy.png", labels, counts, series,
-                             group_classes(run.final_eval()))
+                             eval_group_classes(run.final_eval()))
     return ["![per-class accuracy](per_class_accuracy.png)", "",
             "Bars: validation accuracy per class after each stage; classes ordered by training "
             "count; shading marks the head / middle / tail groups."]
@@ -212,132 +214,13 @@ def section_classifiers(run: RunFolder, out: Path) -> list[str]:
 
 
 def _flat(ev: dict) -> dict[str, float]:
-    """top1, balanced_acc and group accuracies of one EVAL in one flat dict."""
-    flat = {k: ev[k] for k in ("top1", "balanced_acc") if isinstance(ev.get(k), (int, float))}
-    for g, v in (ev.get("groups") or {}).items():
-        if isinstance(v, (int, float)):
-            flat[g] = v
-    return flat
+    """The EVAL's headline numbers that are present (no NaN for empty groups)."""
+    return {k: v for k, v in headline(ev).items() if not math.isnan(v)}
 
 
 # ---- features and inference need the models and the data stream -----------------------------
 
-def load_stage_model(run: RunFolder, stage_dir: Path):
-    """The model as saved after one stage. The head adopts the class list stored in the state
-    dict, so a stage that trained on a subset of classes (seed 000 stage 2) loads as well."""
-    import torch
-
-    from trainer.models import build_model
-
-    model = build_model(run.config["model"], len(run.classes))
-    state = torch.load(stage_dir / "model.pt", map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    return model.eval()
-
-
-def collect_val_chips(run: RunFolder, max_per_class: int):
-    """Up to `max_per_class` validation chips per class, normalised as the trainer feeds them."""
-    import torch
-
-    from datasets.sampling import SamplingSpec
-    from datasets.stream import ShardStream
-
-    data = run.config.get("data") or {}
-    stream = ShardStream(data["shards"], "val", batch_size=256, sampling=SamplingSpec(kind="sequential"),
-                         augment=None, input_size=int(data.get("input_size", 56)))
-    want = np.minimum(np.asarray(stream.class_counts), max_per_class)
-    have = np.zeros_like(want)
-    xs, ys = [], []
-    for images, labels, _ in stream:
-        keep = []
-        for j, c in enumerate(labels.tolist()):
-            if have[c] < want[c]:
-                have[c] += 1
-                keep.append(j)
-        if keep:
-            xs.append(images[keep])
-            ys.append(labels[keep])
-        if (have >= want).all():
-            break
-    if not xs:
-        raise ConfigError(f"{data['shards']}: the val split is empty")
-    return torch.cat(xs), torch.cat(ys).numpy()
-
-
-def stage_features(model, x, device, batch: int = 256) -> np.ndarray:
-    import torch
-
-    model = model.to(device).eval()
-    with torch.inference_mode():
-        return torch.cat([model.features(x[i:i + batch].to(device)).float().cpu()
-                          for i in range(0, len(x), batch)]).numpy()
-
-
-def pca_2d(f: np.ndarray) -> np.ndarray:
-    f = f - f.mean(axis=0)
-    _, _, vt = np.linalg.svd(f, full_matrices=False)
-    return f @ vt[:2].T
-
-
-def lda_2d(f: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Fisher discriminant directions (within-class whitened between-class scatter), computed
-    after PCA to ≤ 64 dims and with a small ridge, so collapsed features stay well-posed."""
-    f = f - f.mean(axis=0)
-    _, _, vt = np.linalg.svd(f, full_matrices=False)
-    f = f @ vt[:64].T
-    d = f.shape[1]
-    sw, sb = np.zeros((d, d)), np.zeros((d, d))
-    for c in np.unique(y):
-        fc = f[y == c]
-        mu = fc.mean(axis=0)
-        sw += (fc - mu).T @ (fc - mu)
-        sb += len(fc) * np.outer(mu, mu)
-    sw += (1e-3 * np.trace(sw) / d + 1e-9) * np.eye(d)
-    evals, evecs = np.linalg.eigh(sw)
-    white = evecs / np.sqrt(evals)
-    _, vecs = np.linalg.eigh(white.T @ sb @ white)
-    return f @ (white @ vecs[:, ::-1][:, :2])
-
-
-def section_features(run: RunFolder, out: Path, labels: list[str], device, max_per_class: int) -> list[str]:
-    if not run.stage_dirs:
-        return ["_Skipped: no stage weights (RUN/stages/<i>-<name>/model.pt)._"]
-    if not (run.config.get("data") or {}).get("shards"):
-        return ["_Skipped: config.yaml names no data.shards._"]
-    try:
-        x, y = collect_val_chips(run, max_per_class)
-    except Exception as e:  # noqa: BLE001 - no val split, shards moved: note it, keep the report
-        return [f"_Skipped: no validation chips to embed ({e})._"]
-    names = stage_names(run)
-    pca, lda, notes = [], [], []
-    for i, d in run.stage_dirs.items():
-        try:
-            f = stage_features(load_stage_model(run, d), x, device)
-        except Exception as e:  # noqa: BLE001
-            notes.append(f"_Stage {i} ({d.name}) skipped: {e}_")
-            continue
-        title = f"after stage {i}: {names.get(i, d.name)}"
-        pca.append((title, pca_2d(f), y))
-        lda.append((title, lda_2d(f, y), y))
-    if not pca:
-        return notes or ["_Skipped: no stage model could be loaded._"]
-    plots.feature_projection(out / "features_pca.png", pca, labels, "PCA")
-    md = [f"Validation chips (up to {max_per_class} per class, {len(y)} in all) through each "
-          "stage's backbone; class 0 in red, as in seed 000 Figure 2. PCA keeps the directions of "
-          "largest variance.", "", "![features PCA](features_pca.png)", ""]
-    # LDA is fitted on the chips it shows: with few chips per feature dimension any classes
-    # look separable, so it is drawn only where that is not the case.
-    if len(y) >= LDA_MIN_SAMPLES_PER_DIM * min(f.shape[1], 64):
-        plots.feature_projection(out / "features_lda.png", lda, labels, "LDA")
-        md += ["LDA: the two directions that best separate the classes (fitted on these chips).", "",
-               "![features LDA](features_lda.png)"]
-    else:
-        md += [f"_LDA view skipped: {len(y)} chips are too few for {f.shape[1]}-dimensional features "
-               "(it would separate any labels)._"]
-    return md + notes
-
-
-def tta_views(config: dict) -> int:
+def report_tta_views(config: dict) -> int:
     """The run's TTA views (data.tta), or the seed's 3 when the run evaluates without TTA, so
     the report always shows the cost of TTA next to the plain forward pass."""
     views = (config.get("data") or {}).get("tta")
@@ -345,18 +228,16 @@ def tta_views(config: dict) -> int:
 
 
 def section_inference(run: RunFolder, out: Path, device, large_batch: int, repeats: int) -> list[str]:
-    from trainer import inference
-
     if not run.stage_dirs:
         return ["_Skipped: no stage weights to measure._"]
     last = list(run.stage_dirs.values())[-1]
     try:
-        model = load_stage_model(run, last)
+        model, info = load_weights(last)
     except Exception as e:  # noqa: BLE001
         return [f"_Skipped: could not load {last / 'model.pt'} ({e})._"]
-    size = int((run.config.get("data") or {}).get("input_size", 56))
+    size = int(info["input_size"])
     fig = inference.measure(model, size, device=device, large_batch=large_batch,
-                            tta_views=tta_views(run.config), repeats=repeats)
+                            tta_views=report_tta_views(run.config), repeats=repeats)
     fig["model_file"] = str(last / "model.pt")
     fig["model_file_bytes"] = (last / "model.pt").stat().st_size
     write_atomic(out / "inference.json", json.dumps(fig, indent=2))
@@ -368,8 +249,6 @@ def section_inference(run: RunFolder, out: Path, device, large_batch: int, repea
 def write_report(run: RunFolder, *, features: bool = True, inference: bool = True,
                  max_per_class: int = 200, large_batch: int = 256, repeats: int = 10,
                  device: str | None = None) -> Path:
-    import torch
-
     out = run.root / "report"
     out.mkdir(exist_ok=True)
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")

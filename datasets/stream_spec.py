@@ -1,0 +1,109 @@
+"""What every stream is given, and the one place a split is opened and checked.
+
+A stream (the CPU shard reader, the resident tensor stream, DALI) yields, for one rank, batches
+of (images float [B,C,S,S] normalised with the train statistics, labels int64 [B], ids int64
+[B]) in the order `epoch_plan` → `rank_batches` decides. They differ only in where pixels come
+from and where augmentation runs; `StreamSpec` says everything else.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from datasets.augment import AugmentSpec
+from datasets.sampling import SamplingSpec, check_spec, epoch_plan, rank_batches
+from shards.errors import DataError
+from shards.index import INDEX_NAME, ClassIndex, SplitIndex
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]   # images, labels, ids
+
+
+def batch_seed(seed: int, epoch: int, rank: int, batch: int) -> int:
+    """Augmentation seed of one batch: independent of worker count and loader, so resume is exact."""
+    state = np.random.SeedSequence([seed, epoch, rank, batch]).generate_state(2)
+    return int(state[0]) << 31 ^ int(state[1])
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """One rank's view of one stage (or evaluation pass) over a split."""
+    batch_size: int                     # per rank
+    sampling: SamplingSpec
+    augment: AugmentSpec | None = None  # None: no augmentation (evaluation)
+    input_size: int = 56
+    seed: int = 0
+    rank: int = 0
+    world: int = 1
+    total_epochs: int = 1
+
+    @classmethod
+    def sequential(cls, batch_size: int, input_size: int, *, rank: int = 0, world: int = 1,
+                   seed: int = 0) -> "StreamSpec":
+        """Every sample once, in id order, unaugmented: the evaluation pass."""
+        return cls(batch_size, SamplingSpec(kind="sequential"), None, input_size, seed, rank, world, 1)
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """uint8 pixels -> model input, with the train split's statistics (the model only ever saw those)."""
+    mean: float
+    std: float
+
+    def from_uint8(self, x: torch.Tensor) -> torch.Tensor:
+        """(x/255 − mean)/std in one pass."""
+        return x.float().mul_(1.0 / (255.0 * self.std)).sub_(self.mean / self.std)
+
+    def from_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """x in [0, 1] (augmented) -> (x − mean)/std, in place."""
+        return x.sub_(self.mean).div_(self.std)
+
+
+@dataclass
+class OpenSplit:
+    """A split opened through the index, with what every stream needs from it."""
+    index: ClassIndex
+    split: SplitIndex
+    normalizer: Normalizer
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.index.classes)
+
+    @property
+    def class_counts(self) -> np.ndarray:
+        return self.split.class_counts()
+
+    def where(self) -> str:
+        return f"{self.index.root / INDEX_NAME}: split {self.split.name!r}"
+
+    def sample_where(self, i: int) -> str:
+        return f"{self.split.shard_path(int(self.split.shard[i]))}: sample {self.split.keys[i]}"
+
+    def batches(self, spec: StreamSpec, epoch: int) -> list[np.ndarray]:
+        """This rank's sample ids per batch for one epoch (the same plan for every stream)."""
+        plan = epoch_plan(self.split.labels, spec.sampling, epoch=epoch,
+                          total_epochs=spec.total_epochs, seed=spec.seed)
+        try:
+            return rank_batches(plan, spec.batch_size, spec.rank, spec.world)
+        except DataError as e:
+            raise DataError(f"{self.where()}: {e}") from None
+
+
+def open_split(root: Path | str, split: str, spec: StreamSpec) -> OpenSplit:
+    """Open `split` of the shards at `root` and check that `spec` can be drawn from it
+    (DataError naming the index otherwise, before any batch is read)."""
+    index = ClassIndex.load(root)
+    opened = OpenSplit(index, index.split(split), Normalizer(0.0, 1.0))
+    if spec.batch_size < 1 or spec.input_size < 1:
+        raise DataError(f"{opened.where()}: batch_size and input_size must be >= 1")
+    try:
+        check_spec(opened.class_counts, spec.sampling)
+    except DataError as e:
+        raise DataError(f"{opened.where()}: {e}") from None
+    stats = index.splits.get("train", opened.split)
+    opened.normalizer = Normalizer(float(stats.pixel_mean), float(stats.pixel_std) or 1.0)
+    opened.batches(spec, 0)  # plan epoch 0 now: a plan that cannot feed every rank fails here
+    return opened

@@ -1,0 +1,108 @@
+"""Evaluation: run a scorer over a split on every rank, gather, de-duplicate by id, score.
+
+Training (validation after each epoch), the post-hoc classifiers, `evaluate`, `predict`'s
+checks and the report all go through `Evaluator`, so every number is computed one way.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainer.metrics import evaluate
+from trainer.scoring import Scorer
+from trainer.streams import Streams
+
+
+@dataclass
+class Outputs:
+    """Per-sample outputs of one split, ordered by sample id."""
+    ids: np.ndarray
+    labels: np.ndarray
+    logits: np.ndarray           # [N, num_classes], classes a classifier does not predict are -inf
+    features: np.ndarray | None  # [N, D] (one unaugmented view) when requested
+
+
+class Evaluator:
+    """Evaluation of one run's models on its splits, for this rank (collective over ranks)."""
+
+    def __init__(self, accelerator, streams: Streams, *, num_classes: int, train_counts: np.ndarray,
+                 groups: dict | None, tta: int) -> None:
+        self.accelerator, self.streams = accelerator, streams
+        self.num_classes, self.train_counts = num_classes, np.asarray(train_counts)
+        self.groups, self.tta = groups, tta
+        self._streams: dict[str, object] = {}
+
+    def stream(self, split: str):
+        """The split's evaluation stream, built once (every pass re-reads the same samples)."""
+        if split not in self._streams:
+            self._streams[split] = self.streams.eval(split)
+        return self._streams[split]
+
+    def scorer(self, model: nn.Module, classifier: nn.Module | None = None, *, tta: int | None = None) -> Scorer:
+        net = self.accelerator.unwrap_model(model)
+        return Scorer(net, classifier, self.tta if tta is None else tta, self.num_classes)
+
+    def outputs(self, model: nn.Module, split: str, *, classifier: nn.Module | None = None,
+                features: bool = False) -> Outputs:
+        """Scores (with the run's TTA, or one view when `features`) of every sample of `split`."""
+        scorer = self.scorer(model, classifier, tta=1 if features else None)
+        rows = self._run(scorer, self.stream(split), features)
+        rows = _gather(self.accelerator, rows)
+        keep = _dedupe(rows["ids"])
+        return Outputs(ids=rows["ids"][keep], labels=rows["labels"][keep], logits=rows["logits"][keep],
+                       features=rows["features"][keep] if features else None)
+
+    def score(self, logits: np.ndarray, labels: np.ndarray) -> dict:
+        """The EVAL dict (trainer.metrics.evaluate) with the run's groups."""
+        return evaluate(logits, labels, num_classes=self.num_classes, train_counts=self.train_counts,
+                        groups=self.groups)
+
+    def evaluate(self, model: nn.Module, split: str, classifier: nn.Module | None = None) -> dict:
+        out = self.outputs(model, split, classifier=classifier)
+        return self.score(out.logits, out.labels)
+
+    def _run(self, scorer: Scorer, stream, features: bool) -> dict[str, torch.Tensor]:
+        acc, device = self.accelerator, self.accelerator.device
+        was_training = scorer.model.training
+        scorer.eval()
+        stream.set_epoch(0, 0)
+        cols: dict[str, list] = {"ids": [], "labels": [], "logits": [], "features": []}
+        with torch.no_grad(), acc.autocast():
+            for images, labels, ids in self.streams.iterate(stream):
+                images = images.to(device, non_blocking=True)
+                if features:
+                    f = scorer.features(images)
+                    cols["features"].append(f.float())
+                    cols["logits"].append(scorer.classifier(f).float())
+                else:
+                    cols["logits"].append(scorer(images))
+                cols["labels"].append(labels.to(device))
+                cols["ids"].append(ids.to(device))
+        scorer.model.train(was_training)
+        empty = {"ids": (0,), "labels": (0,), "logits": (0, self.num_classes),
+                 "features": (0, scorer.model.feature_dim)}
+        return {k: torch.cat(v) if v else torch.zeros(empty[k], device=device,
+                                                     dtype=torch.long if k in ("ids", "labels") else torch.float32)
+                for k, v in cols.items() if features or k != "features"}
+
+
+def _gather(accelerator, tensors: dict) -> dict:
+    """Pad every rank's rows to the same count (ids padded with -1), gather, move to numpy."""
+    if accelerator.num_processes == 1:
+        return {k: v.cpu().numpy() for k, v in tensors.items()}
+    out = {}
+    for k, v in tensors.items():
+        # -inf logits do not survive the padding value; pad with 0 and drop by id instead.
+        padded = accelerator.pad_across_processes(v.contiguous(), dim=0, pad_index=-1 if k == "ids" else 0)
+        out[k] = accelerator.gather(padded).cpu().numpy()
+    return out
+
+
+def _dedupe(ids: np.ndarray) -> np.ndarray:
+    """Positions of the first row of every real id, in id order."""
+    valid = np.flatnonzero(ids >= 0)
+    _, first = np.unique(ids[valid], return_index=True)
+    return valid[first]

@@ -1,0 +1,94 @@
+"""Everything checked and set up before the first training step: the run folder, the shards,
+the resolved recipe and the accelerator. A bad input stops here with one clear error."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from shards.index import ClassIndex
+from trainer.config import config_differences, load_run_config
+from trainer.errors import ConfigError
+from trainer.spec import RecipeSpec, resolve
+from trainer.streams import Streams, per_rank_batch
+
+
+def make_accelerator(cfg: dict, run_dir: Path, trackers: bool = True):
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    cuda = torch.cuda.is_available()
+    precision = cfg["optim"]["precision"]
+    if precision == "auto":
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
+    if not cuda and precision == "fp16":
+        raise ConfigError("optim.precision: fp16 needs CUDA; use no or bf16 on the CPU")
+    project = ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir))
+    # cpu=True without CUDA: otherwise two CPU processes each believe they are rank 0 of 1.
+    return Accelerator(cpu=not cuda, mixed_precision=precision, project_config=project,
+                       log_with="tensorboard" if trackers else None)
+
+
+def open_shards(cfg: dict) -> ClassIndex:
+    """The shard index, with the train and val splits every run needs (DataError if missing)."""
+    index = ClassIndex.load(cfg["data"]["shards"])
+    for split in ("train", "val"):
+        index.split(split)
+    return index
+
+
+def check_existing_run(cfg: dict, run_dir: Path) -> None:
+    """Re-running the same command continues the run; a different recipe is refused."""
+    if not (run_dir / "config.yaml").is_file():
+        return
+    old = load_run_config(run_dir)
+    diff = config_differences(old, cfg)
+    if diff:
+        raise ConfigError(f"{run_dir}: this run folder was started with a different recipe "
+                          f"({'; '.join(diff[:5])}); use another run.dir, or `python -m trainer "
+                          f"resume {run_dir}` to continue it as it was")
+
+
+def check_launch(cfg: dict, world: int, shards: str | None = None) -> RecipeSpec:
+    """Before any process starts (Slurm jobs): the run folder, the shards (read from `shards`
+    when the run will read a staged copy that does not exist yet), the recipe, and that every
+    stage's batch splits over `world` processes."""
+    check_existing_run(cfg, Path(cfg["run"]["dir"]))
+    recipe = resolve(cfg, open_shards({"data": {"shards": shards or cfg["data"]["shards"]}}))
+    for stage in recipe.stages:
+        per_rank_batch(cfg["data"]["batch_size"], world, stage.optim.grad_accum)
+    return recipe
+
+
+@dataclass
+class Setup:
+    """What a run (or an evaluation of a finished run) is built from."""
+    cfg: dict
+    run_dir: Path
+    index: ClassIndex
+    recipe: RecipeSpec
+    accelerator: object
+    streams: Streams
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+
+def prepare(cfg: dict, *, trackers: bool = True, check_run: bool = True) -> Setup:
+    """Check the run folder and the shards, resolve the recipe, then start the accelerator."""
+    run_dir = Path(cfg["run"]["dir"])
+    if check_run:
+        check_existing_run(cfg, run_dir)
+    index = open_shards(cfg)
+    recipe = resolve(cfg, index)
+    acc = make_accelerator(cfg, run_dir, trackers)
+    data = cfg["data"]
+    streams = Streams(shards=data["shards"], loader=data["loader"], input_size=recipe.input_size,
+                      batch_size=data["batch_size"], eval_batch_size=data["eval_batch_size"],
+                      num_workers=data["num_workers"], dali_threads=data["dali_threads"],
+                      rank=acc.process_index, world=acc.num_processes)
+    for stage in recipe.stages:  # every stage's batch must split over the ranks
+        per_rank_batch(data["batch_size"], acc.num_processes, stage.optim.grad_accum)
+    return Setup(cfg, run_dir, index, recipe, acc, streams)

@@ -1,0 +1,250 @@
+"""A recipe resolved once, against the shards, into typed specs that the rest of the trainer reads.
+
+`resolve(cfg, index)` turns the validated recipe (trainer.config) into a `RecipeSpec`: the input
+size, the model settings, and per stage its length in epochs, `SamplingSpec`, `AugmentSpec`,
+head transition and the classes the head covers, the merged optimizer settings, the loss and
+its class counts, and the post-hoc classifiers. Every check that needs the shards (class ids,
+head/sampler consistency, lengths) happens here, before any training; nothing downstream
+reads the raw recipe dict for these keys again.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from datasets.augment import AugmentSpec
+from datasets.sampling import SamplingSpec
+from shards.errors import DataError
+from shards.index import ClassIndex
+from trainer.schema import LENGTHS
+from trainer.errors import ConfigError
+from trainer.losses import build_loss
+
+REBALANCING_KINDS = ("class", "sqrt", "progressive")
+REBALANCING_LOSSES = ("cb", "balanced_softmax")
+POSTHOC_EPOCHS = {"crt": 10, "lws": 5}   # classifier-balancing's defaults, when no length is given
+
+
+@dataclass(frozen=True)
+class OptimSpec:
+    """A stage's optimizer settings: the global `optim` with the stage's `optim` on top."""
+    lr: float
+    momentum: float
+    nesterov: bool
+    weight_decay: float
+    warmup_epochs: float
+    schedule: str
+    min_lr: float
+    grad_accum: int
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    index: int
+    name: str
+    epochs: int                        # resolved from epochs | steps | samples
+    length: str                        # as the recipe gave it, e.g. "600 steps"
+    steps_per_epoch: int               # optimizer steps (whole run, all ranks together)
+    sampling: SamplingSpec
+    augment: AugmentSpec
+    train: str                         # all | classifier | last_block
+    head: str                          # keep | subset | expand | reset (the transition)
+    expand_rows: str                   # fresh | restore (rows of classes added back by expand)
+    head_classes: tuple[int, ...]      # classes the head covers after the transition
+    loss: dict
+    loss_counts: tuple[int, ...]       # train counts, 0 for classes the stage does not train on
+    optim: OptimSpec
+    classifiers: tuple[str, ...]
+    select: str                        # last | best
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+
+@dataclass(frozen=True)
+class HeadTrainingSpec:
+    """cRT / LWS: a classifier trained on the frozen representation, class-balanced."""
+    features: str                      # stream (augmented, through the backbone) | cached
+    epochs: int                        # class-balanced epochs of the train split's size
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+
+
+@dataclass(frozen=True)
+class RecipeSpec:
+    num_classes: int
+    input_size: int
+    model: dict                        # model section with `head` resolved (linear | cosine)
+    stages: tuple[StageSpec, ...]
+    head_training: dict[str, HeadTrainingSpec]   # crt, lws
+    ncm_metric: str
+    taus: tuple[float, ...]
+    notes: tuple[str, ...]             # warnings worth printing at the start (double correction)
+
+
+def resolve(cfg: dict, index: ClassIndex) -> RecipeSpec:
+    """The recipe against these shards; ConfigError naming the key on any inconsistency."""
+    counts = index.split("train").class_counts()
+    n = index.num_classes
+    stages, notes, head = [], [], list(range(n))
+    for i, st in enumerate(cfg["stages"]):
+        stage, head = _stage(cfg, i, st, head, counts)
+        stages.append(stage)
+        notes += _double_correction(f"stages.{i}", st)
+    model = dict(cfg["model"])
+    if model["head"] == "auto":
+        model["head"] = "cosine" if any(s.loss.get("name") == "ldam" for s in stages) else "linear"
+    post = cfg["posthoc"]
+    return RecipeSpec(
+        num_classes=n, input_size=input_size(cfg["data"]["input_size"], index), model=model,
+        stages=tuple(stages),
+        head_training={k: _head_training(k, post[k], counts, cfg["data"]["batch_size"]) for k in ("crt", "lws")},
+        ncm_metric=post["ncm"]["metric"],
+        taus=tuple(float(t) for t in np.round(np.arange(0.0, post["tau_norm"]["max"] + 1e-9,
+                                                         post["tau_norm"]["step"]), 6)),
+        notes=tuple(notes))
+
+
+def input_size(value: int | str, index: ClassIndex) -> int:
+    """`auto`: the median chip side of the train split, rounded down to a multiple of 8
+    (56 for NTIRE's 54–60 px chips), so the crop loses at most a few border pixels."""
+    if isinstance(value, int):
+        return value
+    sides = [(min(int(a) for a in hw.split("x")), c)
+             for hw, c in index.split("train").image_sizes.items()]
+    if not sides:
+        raise ConfigError(f"data.input_size: auto, but {index.root} records no image sizes; give a number")
+    values, weights = zip(*sorted(sides))
+    median = values[int(np.searchsorted(np.cumsum(weights), sum(weights) / 2))]
+    return median if median < 16 else median // 8 * 8
+
+
+def _stage(cfg: dict, i: int, st: dict, head: list[int], counts: np.ndarray) -> tuple[StageSpec, list[int]]:
+    where, n = f"stages.{i}", len(counts)
+    sampling = _make(f"{where}.sampler", SamplingSpec.from_dict, st["sampler"])
+    augment = _make(f"{where}.augment", AugmentSpec.from_dict,
+                    {**st["augment"], "crop_scale": tuple(st["augment"]["crop_scale"])})
+    for key, classes in (("sampler.classes", sampling.classes), ("classes", st["classes"])):
+        bad = [c for c in classes or [] if not 0 <= c < n]
+        if bad:
+            raise ConfigError(f"{where}.{key}: classes {bad} are not in the shards ({n} classes)")
+    head = _head_after(where, st, head, sampling, n)
+    sampled = sampling.classes if sampling.classes is not None else list(range(n))
+    outside = sorted(set(sampled) - set(head))
+    if outside:
+        raise ConfigError(f"{where}: the sampler draws classes {outside} that the head does not cover "
+                          f"(head: {head}); set {where}.sampler.classes to the head's classes")
+    trained = np.zeros(n, dtype=bool)
+    trained[sampled] = True
+    loss_counts = tuple(int(c) for c in np.where(trained, counts, 0))
+    try:
+        build_loss(st["loss"], np.asarray(loss_counts))
+    except (ValueError, TypeError, KeyError, ConfigError) as e:
+        raise ConfigError(f"{where}.loss: {e}") from None
+    optim = _optim(cfg, st)
+    per_epoch = _steps_per_epoch(_epoch_samples(counts, sampling, where), cfg["data"]["batch_size"], optim.grad_accum)
+    epochs, length = _epochs(where, st, per_epoch, cfg["data"]["batch_size"])
+    return StageSpec(
+        index=i, name=st["name"], epochs=epochs, length=length, steps_per_epoch=per_epoch,
+        sampling=sampling, augment=augment, train=st["train"], head=st["head"],
+        expand_rows=st["expand_rows"], head_classes=tuple(head), loss=dict(st["loss"]),
+        loss_counts=loss_counts, optim=optim, classifiers=tuple(st["classifiers"]),
+        select=st["select"]), head
+
+
+def _make(where: str, make, value):
+    try:
+        return make(value)
+    except (ValueError, TypeError, DataError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _head_after(where: str, st: dict, head: list[int], sampling: SamplingSpec, n: int) -> list[int]:
+    """The head's classes after this stage's transition: subset takes `classes`, else the
+    sampler's class filter; expand goes back to all classes; keep and reset change nothing."""
+    if st["head"] == "subset":
+        classes = st["classes"] if st["classes"] is not None else sampling.classes
+        if not classes:
+            raise ConfigError(f"{where}: head: subset needs {where}.classes (or {where}.sampler.classes)")
+        missing = sorted(set(classes) - set(head))
+        if missing:
+            raise ConfigError(f"{where}.classes: {missing} are not in the head before this stage ({head})")
+        return sorted(set(classes))
+    if st["classes"] is not None:
+        raise ConfigError(f"{where}.classes: only used with head: subset (here head: {st['head']})")
+    return list(range(n)) if st["head"] == "expand" else head
+
+
+def _optim(cfg: dict, st: dict) -> OptimSpec:
+    merged = {**cfg["optim"], **{k: v for k, v in st["optim"].items() if v is not None}}
+    merged.pop("precision")
+    return OptimSpec(**merged)
+
+
+def _epoch_samples(counts: np.ndarray, sampling: SamplingSpec, where: str) -> int:
+    """Samples in one epoch of this sampling (the length of its `epoch_plan`)."""
+    kept = np.asarray(counts).copy()
+    if sampling.classes is not None:
+        mask = np.zeros(len(kept), dtype=bool)
+        mask[sampling.classes] = True
+        kept[~mask] = 0
+    if sampling.per_class is not None:
+        return int(sampling.per_class * np.count_nonzero(kept))
+    if sampling.epoch_size is not None and sampling.kind != "sequential":
+        return int(sampling.epoch_size)
+    if kept.sum() == 0:
+        raise ConfigError(f"{where}.sampler: the train split has no samples of the classes drawn")
+    return int(kept.sum())
+
+
+def _steps_per_epoch(samples: int, global_batch: int, grad_accum: int) -> int:
+    micro = math.ceil(samples * grad_accum / global_batch)   # micro-batches per rank
+    return max(1, math.ceil(micro / grad_accum))
+
+
+def _epochs(where: str, st: dict, per_epoch: int, global_batch: int) -> tuple[int, str]:
+    """Whole epochs closest to the length asked for (at least 1 unless epochs: 0 is given)."""
+    given = [k for k in LENGTHS if st[k] is not None]
+    if not given:
+        return 1, "1 epochs"
+    key, value = given[0], int(st[given[0]])
+    if key == "epochs":
+        return value, f"{value} epochs"
+    steps = value if key == "steps" else math.ceil(value / global_batch)
+    return max(1, round(steps / per_epoch)), f"{value} {key}"
+
+
+def _head_training(name: str, sec: dict, counts: np.ndarray, global_batch: int) -> HeadTrainingSpec:
+    if sec["batch_size"] < 1:
+        raise ConfigError(f"posthoc.{name}.batch_size: must be >= 1")
+    st = {k: sec[k] for k in LENGTHS}
+    if all(v is None for v in st.values()):
+        st["epochs"] = POSTHOC_EPOCHS[name]
+    per_epoch = _steps_per_epoch(int(np.sum(counts)), sec["batch_size"], 1)
+    epochs, _ = _epochs(f"posthoc.{name}", st, per_epoch, sec["batch_size"])
+    return HeadTrainingSpec(features=sec["features"], epochs=epochs, batch_size=sec["batch_size"],
+                            lr=sec["lr"], momentum=sec["momentum"], weight_decay=sec["weight_decay"])
+
+
+def _double_correction(where: str, st: dict) -> list[str]:
+    """A re-balancing sampler and a re-balancing loss correct the imbalance twice."""
+    s, loss = st["sampler"], st["loss"] or {}
+    rebalanced = s["per_class"] is not None or s["kind"] in REBALANCING_KINDS or (
+        s["kind"] == "power" and (s["q"] or 0) < 1)
+    fixes = []
+    if loss.get("name") in REBALANCING_LOSSES:
+        fixes.append(f"loss.name={loss['name']}")
+    if loss.get("reweight", "none") != "none":
+        fixes.append(f"loss.reweight={loss['reweight']}")
+    if loss.get("drw_epoch") is not None:
+        fixes.append(f"loss.drw_epoch={loss['drw_epoch']}")
+    if not (rebalanced and fixes):
+        return []
+    how = f"sampler.per_class={s['per_class']}" if s["per_class"] is not None else f"sampler.kind={s['kind']}"
+    return [f"{where}: {how} already balances the classes and {' and '.join(fixes)} corrects the "
+            f"imbalance again (twice in all); drop one unless that is intended"]

@@ -1,0 +1,86 @@
+"""What a run says about itself: the start banner (also RUN/run.json) and the results table.
+
+`headline(eval)` is the one reading of an EVAL's headline numbers (top-1, balanced accuracy and
+the group accuracies) shared by the printed table, the report and `compare`.
+"""
+from __future__ import annotations
+
+import math
+import platform
+from pathlib import Path
+
+import torch
+from accelerate.utils import gather_object
+
+from shards.atomic import write_json
+
+HEADLINE = ("top1", "balanced_acc", "head", "middle", "tail", "many", "medium", "few")
+
+
+def headline(ev: dict | None) -> dict[str, float]:
+    """The headline metrics of one EVAL; a missing or null value (an empty group) is NaN."""
+    ev = ev or {}
+    groups = ev.get("groups") or {}
+    out = {}
+    for m in HEADLINE:
+        v = ev.get(m) if m in ("top1", "balanced_acc") else groups.get(m)
+        out[m] = float(v) if isinstance(v, (int, float)) else math.nan
+    return out
+
+
+def print_table(runs: dict[str, dict]) -> None:
+    """top1, balanced accuracy and head/middle/tail accuracy of the final model, per run."""
+    header = f"{'run':<22}{'split':<6}{'classifier':<11}{'top1':>7}{'bal_acc':>9}{'head':>7}{'middle':>8}{'tail':>7}"
+    print(header)
+    print("-" * len(header))
+    for name, metrics in runs.items():
+        for split in ("val", "test"):
+            ev = metrics["final"].get(split)
+            if ev is None:
+                continue
+            for cname, cev in [("model", ev), *sorted((ev.get("classifiers") or {}).items())]:
+                h = headline(cev)
+                cells = "".join(f"{h[k]:>{w}.3f}" for k, w in (("top1", 7), ("balanced_acc", 9), ("head", 7),
+                                                                 ("middle", 8), ("tail", 7)))
+                print(f"{name:<22}{split:<6}{cname:<11}{cells}")
+
+
+def banner(setup, sizes: dict[str, int]) -> dict:
+    """Who is running what, where: printed by the main process and written to RUN/run.json.
+    Collective (every rank reports its device)."""
+    acc, recipe = setup.accelerator, setup.recipe
+    devices = gather_object([f"rank {acc.process_index}: {_device_name(acc.device)}"])
+    info = {
+        "run_dir": str(setup.run_dir), "recipe": setup.cfg["run"]["recipe"],
+        "world_size": acc.num_processes, "devices": list(devices),
+        "precision": acc.mixed_precision, "loader": setup.streams.kind,
+        "input_size": recipe.input_size, "model": recipe.model,
+        "split_sizes": sizes, "global_batch": setup.cfg["data"]["batch_size"],
+        "stages": [{"name": s.name, "length": s.length, "epochs": s.epochs,
+                    "steps_per_epoch": s.steps_per_epoch, "steps": s.total_steps} for s in recipe.stages],
+        "notes": list(recipe.notes),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+    }
+    if acc.is_main_process:
+        write_json(Path(setup.run_dir) / "run.json", info, indent=1)
+        print(format_banner(info), flush=True)
+    return info
+
+
+def format_banner(info: dict) -> str:
+    stages = "; ".join(f"{s['name']} {s['steps']} steps ({s['epochs']} ep × {s['steps_per_epoch']})"
+                       for s in info["stages"])
+    sizes = ", ".join(f"{k} {v}" for k, v in info["split_sizes"].items())
+    lines = [f"run {info['run_dir']}: {info['world_size']} process(es) on {', '.join(info['devices'])}, "
+             f"precision {info['precision']}, loader {info['loader']}",
+             f"  model {info['model']['name']} depth {info['model']['depth']} width {info['model']['width']} "
+             f"head {info['model']['head']}, input {info['input_size']} px, global batch {info['global_batch']}",
+             f"  data: {sizes}", f"  stages: {stages}"]
+    lines += [f"  note: {n}" for n in info["notes"]]
+    return "\n".join(lines)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{device.index or 0} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
