@@ -13,6 +13,7 @@ import numpy as np
 from shards.errors import DataError
 
 KINDS = ("instance", "class", "sqrt", "power", "progressive", "sequential")
+REDRAWS = ("epoch", "stage")
 _FIXED_Q = {"instance": 1.0, "class": 0.0, "sqrt": 0.5, "sequential": 1.0}
 
 
@@ -20,17 +21,30 @@ _FIXED_Q = {"instance": 1.0, "class": 0.0, "sqrt": 0.5, "sequential": 1.0}
 class SamplingSpec:
     """How one stage draws its epochs. per_class overrides the kind's weights (every kept class
     gets exactly per_class draws); kind then only decides shuffling (all but sequential shuffle).
-    An explicit class filter or per_class naming a class without samples is a DataError."""
+    An explicit class filter or per_class naming a class without samples is a DataError.
+
+    redraw: "epoch" draws which samples an epoch visits afresh every epoch; "stage" draws them
+    once per stage (a fixed sub-dataset, e.g. "5000 per class by random selection") and only
+    reshuffles their order each epoch. None means "stage" with per_class, else "epoch".
+    Plans that visit every sample exactly once (sequential, instance without epoch_size)
+    ignore redraw: their sub-dataset is the whole split either way. progressive without
+    per_class cannot be "stage": its class weights, and so its draws, change every epoch."""
 
     kind: str = "instance"        # instance (q=1) | class (q=0) | sqrt (q=1/2) | power (q given) | progressive | sequential
     q: float | None = None        # for kind=power
     classes: list[int] | None = None   # class filter; None = all classes
     per_class: int | None = None  # fixed count per class per epoch, with replacement where a class is smaller
     epoch_size: int | None = None # samples per epoch for weighted kinds (default: samples after the filter)
+    redraw: str | None = None     # epoch | stage | None (see above)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise DataError(f"sampling: unknown kind {self.kind!r}, expected one of {', '.join(KINDS)}")
+        if self.redraw is not None and self.redraw not in REDRAWS:
+            raise DataError(f"sampling: unknown redraw {self.redraw!r}, expected one of {', '.join(REDRAWS)}")
+        if self.redraw == "stage" and self.kind == "progressive" and self.per_class is None:
+            raise DataError("sampling: redraw 'stage' cannot fix the draws of kind 'progressive', "
+                            "whose class weights change every epoch")
         if self.kind == "power" and self.q is None:
             raise DataError("sampling: kind 'power' needs q")
         if self.q is not None and self.kind != "power":
@@ -47,6 +61,17 @@ class SamplingSpec:
             self.classes = sorted({int(c) for c in self.classes})
             if not self.classes or self.classes[0] < 0:
                 raise DataError(f"sampling: class filter must list class ids >= 0, got {self.classes}")
+
+    @property
+    def resolved_redraw(self) -> str:
+        """redraw with None resolved: "stage" for per_class, else "epoch"; "epoch" for the
+        full-pass plans that ignore it (so their plans stay as they were)."""
+        full_pass = self.per_class is None and self.epoch_size is None and self.kind in ("instance", "sequential")
+        if full_pass:
+            return "epoch"
+        if self.redraw is not None:
+            return self.redraw
+        return "stage" if self.per_class is not None else "epoch"
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "SamplingSpec":
@@ -92,13 +117,22 @@ def check_spec(counts: np.ndarray, spec: SamplingSpec) -> None:
     _filtered_counts(counts, spec)
 
 
+def progress(epoch: int, total_epochs: int) -> float:
+    """Share of the way from p^IB to p^CB at a 0-based epoch: 0 at the first epoch, 1 at the
+    last (epoch / (T-1), clipped), as classifier-balancing's linspace(0, 1, T)[epoch]; a
+    one-epoch stage stays instance-balanced (its linspace is [0])."""
+    if total_epochs <= 1:
+        return 0.0
+    return min(max(epoch, 0), total_epochs - 1) / (total_epochs - 1)
+
+
 def epoch_weights(counts: np.ndarray, spec: SamplingSpec, epoch: int, total_epochs: int) -> np.ndarray:
-    """Class probabilities for one epoch; progressive moves from p^IB (t=0) to p^CB (t=T), t=epoch."""
+    """Class probabilities for one epoch; progressive: (1-t)·p^IB + t·p^CB, t = progress(epoch, T)."""
     counts = _filtered_counts(counts, spec)
     if spec.per_class is not None:
         return class_weights(counts, 0.0)
     if spec.kind == "progressive":
-        t = min(max(epoch / max(total_epochs, 1), 0.0), 1.0)
+        t = progress(epoch, total_epochs)
         return (1.0 - t) * class_weights(counts, 1.0) + t * class_weights(counts, 0.0)
     q = spec.q if spec.kind == "power" else _FIXED_Q[spec.kind]
     return class_weights(counts, float(q))
@@ -127,6 +161,16 @@ def _draw(ids: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate(chunks) if chunks else ids[:0]
 
 
+def _rngs(spec: SamplingSpec, seed: int, epoch: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """(rng that picks the draws, rng that orders them). redraw "epoch" uses one stream for
+    both, exactly as before the option existed, so earlier runs keep their plans; "stage"
+    draws from a stream without the epoch, so every epoch of the stage gets the same draws."""
+    order = np.random.default_rng(np.random.SeedSequence([seed, epoch, 0x5A4D]))
+    if spec.resolved_redraw == "stage":
+        return np.random.default_rng(np.random.SeedSequence([seed, 0x5A4D, 0x57A6E])), order
+    return order, order
+
+
 def epoch_plan(labels: np.ndarray, spec: SamplingSpec, *, epoch: int, total_epochs: int,
                seed: int) -> np.ndarray:
     """Global ordered sample ids for one epoch; identical on every rank (depends only on its arguments).
@@ -134,6 +178,7 @@ def epoch_plan(labels: np.ndarray, spec: SamplingSpec, *, epoch: int, total_epoc
     instance (no epoch_size): a permutation of the (filtered) samples, each exactly once.
     sequential: sorted ids, no shuffle. Other kinds: class j gets the largest-remainder rounding
     of N·p_j draws, taken without replacement within the class (cycling), then shuffled.
+    With redraw "stage" the drawn multiset is the same every epoch; only the order changes.
     """
     labels = np.asarray(labels, dtype=np.int64)
     num_classes = int(labels.max()) + 1 if labels.size else 0
@@ -143,18 +188,18 @@ def epoch_plan(labels: np.ndarray, spec: SamplingSpec, *, epoch: int, total_epoc
     kept = _filtered_counts(counts, spec)
     if spec.kind == "sequential":
         return np.flatnonzero(kept[labels] > 0).astype(np.int64)
-    rng = np.random.default_rng(np.random.SeedSequence([seed, epoch, 0x5A4D]))
+    draw_rng, order_rng = _rngs(spec, seed, epoch)
     if spec.per_class is not None:
         draws = np.where(kept > 0, spec.per_class, 0)
     else:
         size = spec.epoch_size or int(kept.sum())
-        draws = largest_remainder(size, epoch_weights(counts, spec, epoch, total_epochs), rng)
+        draws = largest_remainder(size, epoch_weights(counts, spec, epoch, total_epochs), draw_rng)
     by_class = np.argsort(labels, kind="stable")
     starts = np.concatenate([[0], np.cumsum(counts)])
-    parts = [_draw(by_class[starts[c]:starts[c + 1]], int(draws[c]), rng)
+    parts = [_draw(by_class[starts[c]:starts[c + 1]], int(draws[c]), draw_rng)
              for c in range(num_classes) if draws[c] > 0]
     plan = np.concatenate(parts).astype(np.int64)
-    return plan[rng.permutation(len(plan))]
+    return plan[order_rng.permutation(len(plan))]
 
 
 def rank_batches(plan: np.ndarray, batch_size: int, rank: int, world: int) -> list[np.ndarray]:

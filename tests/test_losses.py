@@ -35,22 +35,75 @@ def test_ce_equals_torch_cross_entropy_and_set_epoch_exists():
     torch.testing.assert_close(loss(LOGITS, TARGET), F.cross_entropy(LOGITS, TARGET))
 
 
-def test_cb_loss_is_weighted_mean_of_ce():
-    counts = [100, 10]
-    logits = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0]])
-    target = torch.tensor([0, 1, 1])
-    w = [0.262117, 1.737883]
-    ce = [math.log(1 + math.exp(-1)), math.log(1 + math.exp(-1)), math.log(1 + math.exp(2))]
-    expected = (w[0] * ce[0] + w[1] * ce[1] + w[1] * ce[2]) / (w[0] + 2 * w[1])
-    got = build_loss({"name": "cb", "beta": 0.99}, counts)(logits, target)
+CB_LOGITS, CB_TARGET = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0]]), torch.tensor([0, 1, 1])
+CB_W = [0.262117, 1.737883]  # counts [100, 10], β = 0.99 (worked example above)
+CB_CE = [math.log(1 + math.exp(-1)), math.log(1 + math.exp(-1)), math.log(1 + math.exp(2))]
+
+
+def test_cb_loss_default_is_cui_batch_mean():
+    # Cui et al.'s reference: Σ w_y·l / B (was Σ w_y·l / Σ w_y before `normalize` existed)
+    expected = (CB_W[0] * CB_CE[0] + CB_W[1] * CB_CE[1] + CB_W[1] * CB_CE[2]) / 3
+    got = build_loss({"name": "cb", "beta": 0.99}, [100, 10])(CB_LOGITS, CB_TARGET)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    same = build_loss({"name": "cb", "beta": 0.99, "normalize": "batch"}, [100, 10])(CB_LOGITS, CB_TARGET)
+    assert same.item() == got.item()
+
+
+def test_cb_loss_weight_normalisation_is_the_weighted_mean():
+    expected = (CB_W[0] * CB_CE[0] + CB_W[1] * CB_CE[1] + CB_W[1] * CB_CE[2]) / (CB_W[0] + 2 * CB_W[1])
+    got = build_loss({"name": "cb", "beta": 0.99, "normalize": "weight"}, [100, 10])(CB_LOGITS, CB_TARGET)
     assert got.item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_reweight_inverse_matches_torch_weighted_ce():
+def test_reweight_inverse_matches_torch_weighted_ce_in_both_normalisations():
     counts = [10, 5, 1]
     w = torch.tensor(class_weights(counts, "inverse"), dtype=torch.float32)
-    got = build_loss({"name": "ce", "reweight": "inverse"}, counts)(LOGITS, TARGET)
+    got = build_loss({"name": "ce", "reweight": "inverse", "normalize": "weight"}, counts)(LOGITS, TARGET)
     torch.testing.assert_close(got, F.cross_entropy(LOGITS, TARGET, weight=w))
+    got = build_loss({"name": "ce", "reweight": "inverse"}, counts)(LOGITS, TARGET)
+    torch.testing.assert_close(got, F.cross_entropy(LOGITS, TARGET, weight=w, reduction="sum") / len(TARGET))
+
+
+@pytest.mark.parametrize("normalize", ["batch", "weight"])
+def test_equal_weights_give_plain_cross_entropy(normalize):
+    # inverse weights of equal counts are all 1
+    for cfg, counts in [({"name": "ce"}, [10, 5, 1]), ({"name": "ce", "reweight": "inverse"}, [4, 4, 4])]:
+        got = build_loss({**cfg, "normalize": normalize}, counts)(LOGITS, TARGET)
+        torch.testing.assert_close(got, F.cross_entropy(LOGITS, TARGET))
+
+
+def test_reduce_sum_divides_by_the_reduced_weight_total():
+    # Two ranks with halves of the batch: with reduce_sum = mean of the rank totals, the mean of
+    # the two rank losses equals the single-process loss.
+    counts = [10, 5, 1]
+    full = build_loss({"name": "ce", "reweight": "inverse", "normalize": "weight"}, counts)(LOGITS, TARGET)
+    w = torch.tensor(class_weights(counts, "inverse"), dtype=torch.float32)
+    totals = [w[TARGET[:2]].sum(), w[TARGET[2:]].sum()]
+    mean_total = (totals[0] + totals[1]) / 2
+    seen = []
+
+    def all_reduce_mean(t):
+        seen.append(t.clone())
+        return mean_total
+
+    loss = build_loss({"name": "ce", "reweight": "inverse", "normalize": "weight"}, counts,
+                      reduce_sum=all_reduce_mean)
+    halves = [loss(LOGITS[:2], TARGET[:2]), loss(LOGITS[2:], TARGET[2:])]
+    torch.testing.assert_close((halves[0] + halves[1]) / 2, full)
+    torch.testing.assert_close(torch.stack(seen), torch.stack(totals))
+    # "batch" ignores reduce_sum
+    batch = build_loss({"name": "ce", "reweight": "inverse"}, counts, reduce_sum=lambda t: t * 0)
+    assert torch.isfinite(batch(LOGITS, TARGET))
+
+
+def test_default_normalisation_follows_each_reference():
+    def normalize(cfg):
+        return build_loss(cfg, [10, 5, 1]).normalize
+    assert normalize({"name": "cb"}) == "batch"                      # Cui et al.
+    assert normalize({"name": "focal", "reweight": "cb"}) == "batch"
+    assert normalize({"name": "ldam"}) == "weight"                   # kaidic/LDAM-DRW
+    assert normalize({"name": "ce", "drw_epoch": 3}) == "weight"     # CE-DRW, same reference
+    assert normalize({"name": "ldam", "normalize": "batch"}) == "batch"
 
 
 def test_focal_gamma_zero_equals_ce_and_gamma_two_worked_example():
@@ -84,6 +137,22 @@ def test_ldam_loss_subtracts_margin_from_target_then_scales():
     target = torch.tensor([0, 2])
     adjusted = torch.tensor([[0.3 - 0.05, 0.1, 0.0], [0.0, 0.2, 0.1 - 0.5]]) * 30
     torch.testing.assert_close(loss(logits, target), F.cross_entropy(adjusted, target))
+
+
+def test_ldam_drw_matches_the_reference_formula():
+    # kaidic/LDAM-DRW: m = n^-1/4 scaled to max_m = 0.5, s = 30, DRW weights from β = 0.9999
+    # normalised to sum to C, reduced by F.cross_entropy(weight=...); before DRW all weights 1.
+    counts = np.array([5000.0, 500.0, 50.0])
+    m = counts ** -0.25 * (0.5 / counts.min() ** -0.25)
+    w = (1 - 0.9999) / (1 - 0.9999 ** counts)
+    w = torch.tensor(w / w.sum() * 3, dtype=torch.float32)
+    z = torch.tensor([[0.3, 0.1, -0.2], [0.0, 0.2, 0.1], [0.5, -0.5, 0.4], [0.1, 0.9, 0.0]])
+    y = torch.tensor([0, 2, 2, 1])
+    adjusted = 30 * (z - torch.tensor(m, dtype=torch.float32)[y][:, None] * F.one_hot(y, 3))
+    loss = build_loss({"name": "ldam", "drw_epoch": 1}, counts)
+    torch.testing.assert_close(loss(z, y), F.cross_entropy(adjusted, y))
+    loss.set_epoch(1)
+    torch.testing.assert_close(loss(z, y), F.cross_entropy(adjusted, y, weight=w))
 
 
 def test_balanced_softmax_is_ce_on_logits_plus_log_prior():
@@ -150,6 +219,7 @@ def test_loss_follows_logits_device_dtype():
     ({"name": "focal", "gama": 2.0}, [1, 2], "gama"),
     ({"name": "cb", "beta": 1.0}, [1, 2], "loss.beta"),
     ({"name": "ce", "reweight": "log"}, [1, 2], "none, inverse, sqrt_inverse, cb"),
+    ({"name": "cb", "normalize": "mean"}, [1, 2], "loss.normalize.*batch, weight"),
     ({"name": "ldam", "max_margin": 0}, [1, 2], "max_margin"),
     ({"name": "ldam", "drw_epoch": -1}, [1, 2], "drw_epoch"),
     ({"name": "ce", "label_smoothing": 1.5}, [1, 2], "label_smoothing"),

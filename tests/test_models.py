@@ -217,3 +217,77 @@ def test_head_expand_with_generator_is_reproducible():
         head.expand(5, generator=torch.Generator().manual_seed(7))
         rows.append(head.weight[[0, 1, 4]].detach())
     assert torch.equal(rows[0], rows[1])
+
+
+# --- cosine head (LDAM-DRW's NormedLinear) ----------------------------------------------
+
+def test_cosine_logits_are_bounded_and_scale_invariant():
+    head = Head(6, [0, 3, 4], normalized=True)
+    assert head.bias is None and "bias" not in head.state_dict()
+    x = torch.randn(5, 6)
+    logits = head(x)
+    assert logits.shape == (5, 3) and logits.abs().max() <= 1.0 + 1e-6
+    with torch.no_grad():
+        scaled = Head(6, [0, 3, 4], normalized=True)
+        scaled.weight.copy_(head.weight * torch.tensor([[2.0], [0.5], [7.0]]))  # any positive row scales
+    torch.testing.assert_close(scaled(3.0 * x), logits)
+    # a row's cosine with itself is 1
+    torch.testing.assert_close(head(head.weight.detach()).diagonal(), torch.ones(3))
+
+
+def test_ldam_on_cosine_logits_ignores_the_weight_scale():
+    from trainer.losses import build_loss
+
+    head = Head(8, 4, normalized=True)
+    x, y = torch.randn(16, 8), torch.randint(0, 4, (16,))
+    loss = build_loss({"name": "ldam", "drw_epoch": 0}, [500, 100, 20, 5])
+    before = loss(head(x), y)
+    with torch.no_grad():
+        head.weight.mul_(5.0)
+    torch.testing.assert_close(loss(head(x), y), before)
+
+
+def test_cosine_head_starts_with_unit_rows_and_keeps_them_through_changes():
+    head = Head(6, 10, normalized=True)
+    torch.testing.assert_close(head.weight.norm(dim=1), torch.ones(10))
+    w = head.weight.detach().clone()
+    head.subset([7, 3])
+    assert head.classes == [7, 3] and torch.equal(head.weight, w[[7, 3]]) and head.bias is None
+    head.expand(10, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(head.weight[[7, 3]], w[[7, 3]]) and head.bias is None
+    torch.testing.assert_close(head.weight.norm(dim=1), torch.ones(10))
+    small = Head(6, [2, 5], normalized=True)
+    full = small.to_full_logits(small(torch.randn(2, 6)), 6)
+    assert torch.isinf(full[:, [0, 1, 3, 4]]).all() and torch.isfinite(full[:, [2, 5]]).all()
+
+
+def test_build_model_cosine_head_round_trips_and_refuses_a_linear_state():
+    cfg = {**SMALL["resnet_cifar"], "head": "cosine"}
+    model = build_model(cfg, 10).eval()
+    assert model.classifier.normalized and model.classifier.in_features == model.feature_dim
+    assert not build_model(SMALL["resnet_cifar"], 10).classifier.normalized
+    model.classifier.subset(range(1, 10))
+    fresh = build_model(cfg, 10).eval()
+    fresh.load_state_dict(model.state_dict())                # adopts the class list
+    assert fresh.classifier.classes == list(range(1, 10))
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), model(x))
+        assert model(x).abs().max() <= 1.0 + 1e-6
+    with pytest.raises(RuntimeError, match="bias"):
+        build_model(SMALL["resnet_cifar"], 10).load_state_dict(model.state_dict())
+    with pytest.raises(RuntimeError, match="bias"):
+        Head(4, 3, normalized=True).load_state_dict(Head(4, 3).state_dict())
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_cosine_models_train_every_parameter(name):
+    model = build_model({**SMALL[name], "head": "cosine"}, 4).train()
+    (30 * model(torch.randn(4, 1, 16, 16))).logsumexp(1).sum().backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, pname
+
+
+def test_build_model_rejects_an_unknown_head():
+    with pytest.raises(ConfigError, match="model.head.*linear, cosine"):
+        build_model({**SMALL["resnet_cifar"], "head": "mlp"}, 3)

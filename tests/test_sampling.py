@@ -12,6 +12,9 @@ COUNTS = np.array([400, 100, 25, 9])
 LABELS = np.repeat(np.arange(len(COUNTS)), COUNTS)
 rng = np.random.default_rng(3)
 LABELS_SHUFFLED = rng.permutation(LABELS)  # ids are not grouped by class in a real split
+# First 8 ids of plan(SamplingSpec(kind="class", epoch_size=8), epoch=1) from the sampler before
+# `redraw` existed: redraw "epoch" must keep earlier runs' plans.
+OLD_CLASS_PLAN = [472, 45, 481, 350, 198, 169, 185, 276]
 
 
 def plan(spec: SamplingSpec, epoch: int = 0, total: int = 10, seed: int = 0) -> np.ndarray:
@@ -66,13 +69,27 @@ def test_draws_within_a_class_cover_it_evenly():
     assert set(np.bincount(head)[LABELS_SHUFFLED == 0].tolist()) <= {6, 7}
 
 
-@pytest.mark.parametrize("epoch,t", [(0, 0.0), (5, 0.5), (10, 1.0)])
+@pytest.mark.parametrize("epoch,t", [(0, 0.0), (3, 1 / 3), (9, 1.0), (12, 1.0)])
 def test_progressive_moves_from_instance_to_class_balanced(epoch, t):
+    # classifier-balancing: t = linspace(0, 1, T)[epoch], so the last epoch (T-1) is purely
+    # class-balanced. (Before: t = epoch/T, which never reached p^CB.)
     spec = SamplingSpec(kind="progressive", epoch_size=10_000)
     want_p = (1 - t) * class_weights(COUNTS, 1.0) + t * class_weights(COUNTS, 0.0)
     np.testing.assert_allclose(epoch_weights(COUNTS, spec, epoch, 10), want_p)
     got = drawn_per_class(plan(spec, epoch=epoch, total=10))
     assert np.all(np.abs(got - 10_000 * want_p) <= 1)
+
+
+def test_progressive_first_and_last_epochs_are_exactly_ib_and_cb():
+    spec = SamplingSpec(kind="progressive")
+    for total in (2, 3, 10):
+        np.testing.assert_array_equal(epoch_weights(COUNTS, spec, 0, total), COUNTS / COUNTS.sum())
+        np.testing.assert_array_equal(epoch_weights(COUNTS, spec, total - 1, total), np.full(4, 0.25))
+    # T = 3 on two classes [90, 10]: tail p = 0.1, 0.3, 0.5 (was 0.1, 0.233, 0.367)
+    tail = [epoch_weights(np.array([90, 10]), spec, e, 3)[1] for e in range(3)]
+    np.testing.assert_allclose(tail, [0.1, 0.3, 0.5])
+    # one-epoch stage: no division by zero, instance-balanced (linspace(0, 1, 1) = [0])
+    np.testing.assert_array_equal(epoch_weights(COUNTS, spec, 0, 1), COUNTS / COUNTS.sum())
 
 
 def test_class_filter_removes_classes_entirely():
@@ -96,6 +113,43 @@ def test_class_balanced_ties_rotate_between_epochs():
     spec = SamplingSpec(kind="class", epoch_size=10)
     totals = sum(drawn_per_class(plan(spec, epoch=e)) for e in range(200))
     assert totals.min() > 450 and totals.max() < 550
+
+
+def multiset(ids: np.ndarray) -> list[int]:
+    return sorted(ids.tolist())
+
+
+@pytest.mark.parametrize("spec", [
+    SamplingSpec(kind="class", per_class=50),                        # redraw None -> "stage"
+    SamplingSpec(kind="class", per_class=50, redraw="stage"),
+    SamplingSpec(kind="sqrt", epoch_size=300, redraw="stage"),
+    SamplingSpec(kind="progressive", per_class=20, redraw="stage"),
+])
+def test_redraw_stage_keeps_the_sub_dataset_and_reshuffles_its_order(spec):
+    epochs = [plan(spec, epoch=e) for e in range(4)]
+    assert all(multiset(p) == multiset(epochs[0]) for p in epochs[1:])   # same sub-dataset
+    assert all(not np.array_equal(p, epochs[0]) for p in epochs[1:])     # new order each epoch
+    assert multiset(plan(spec, seed=1)) != multiset(epochs[0])           # another stage: another subset
+
+
+@pytest.mark.parametrize("spec", [
+    SamplingSpec(kind="class", per_class=50, redraw="epoch"),
+    SamplingSpec(kind="sqrt", epoch_size=300),                       # redraw None -> "epoch"
+])
+def test_redraw_epoch_draws_a_new_sub_dataset_every_epoch(spec):
+    a, b = plan(spec, epoch=0), plan(spec, epoch=1)
+    assert multiset(a) != multiset(b) and not np.array_equal(a, b)
+
+
+def test_redraw_resolution_and_the_old_epoch_plans_are_unchanged():
+    assert SamplingSpec(per_class=5).resolved_redraw == "stage"
+    assert SamplingSpec().resolved_redraw == "epoch"
+    assert SamplingSpec(per_class=5, redraw="epoch").resolved_redraw == "epoch"
+    # A full instance epoch is the whole split either way: redraw is ignored there.
+    assert SamplingSpec(redraw="stage").resolved_redraw == "epoch"
+    assert np.array_equal(plan(SamplingSpec(redraw="stage"), epoch=2), plan(SamplingSpec(), epoch=2))
+    # "epoch" reproduces the plan of the single-stream sampler it replaced (fixed ids).
+    assert plan(SamplingSpec(kind="class", epoch_size=8), epoch=1)[:8].tolist() == OLD_CLASS_PLAN
 
 
 @pytest.mark.parametrize("spec,match", [
@@ -122,6 +176,8 @@ def test_requested_empty_class_is_an_error(spec, match):
     (dict(per_class=0), "per_class"),
     (dict(per_class=5, epoch_size=10), "not both"),
     (dict(kind="sequential", per_class=5), "sequential"),
+    (dict(redraw="never"), "unknown redraw 'never'"),
+    (dict(kind="progressive", redraw="stage"), "progressive"),
 ])
 def test_bad_specs_are_rejected(bad, match):
     with pytest.raises(DataError, match=match):

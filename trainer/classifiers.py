@@ -36,11 +36,13 @@ def tau_normalize(weight: torch.Tensor, tau: float) -> torch.Tensor:
 
 
 def tau_normalized_head(head: Head, tau: float, keep_bias: bool = False) -> Head:
-    """A copy of `head` with τ-normalised rows (bias zeroed unless keep_bias)."""
-    out = Head(head.in_features, head.classes).to(head.weight.device)
+    """A copy of `head` with τ-normalised rows (bias zeroed unless keep_bias). A cosine head
+    (normalized=True) already scores with unit rows and has no bias, so τ changes nothing there."""
+    out = Head(head.in_features, head.classes, normalized=head.normalized).to(head.weight.device)
     with torch.no_grad():
         out.weight.copy_(tau_normalize(head.weight, tau))
-        out.bias.copy_(head.bias if keep_bias else torch.zeros_like(head.bias))
+        if out.bias is not None:
+            out.bias.copy_(head.bias if keep_bias else torch.zeros_like(head.bias))
     return out
 
 
@@ -64,40 +66,76 @@ def search_tau(features: torch.Tensor, labels: torch.Tensor, weight: torch.Tenso
 
 # --- nearest class mean ------------------------------------------------------------------
 
-class NCM:
-    """Nearest class mean: cosine similarity to, or negative Euclidean distance from, each
-    class mean of the training features. Classes without samples score -inf."""
+class NCM(nn.Module):
+    """Nearest class mean over `num_classes` classes; forward gives logits [N, num_classes],
+    -inf for classes without training samples. Metrics:
 
-    METRICS = ("cosine", "euclidean")
+      l2_centred (default, classifier-balancing's KNNClassifier with feat_type cl2n, dist l2):
+          features minus the training-feature mean, L2-normalised; class means of those;
+          score -||x - c_j||² (its l2_similarity: squared, so argmax = nearest mean).
+      cosine:    cosine similarity of raw features to the class means of raw features.
+      euclidean: -||x - c_j||² on raw features (the reference's feat_type un).
 
-    def __init__(self, metric: str = "cosine") -> None:
+    Everything fit() learns lives in buffers (the metric too, so loading a state dict into
+    any fresh NCM(feature_dim, num_classes) reproduces the saved classifier)."""
+
+    METRICS = ("l2_centred", "cosine", "euclidean")
+
+    def __init__(self, feature_dim: int, num_classes: int, metric: str = "l2_centred") -> None:
+        super().__init__()
         if metric not in self.METRICS:
             raise ConfigError(f"ncm metric: unknown {metric!r}; valid: {', '.join(self.METRICS)}")
-        self.metric = metric
-        self.means: torch.Tensor | None = None
-        self.present: torch.Tensor | None = None
+        self.register_buffer("metric_id", torch.tensor(self.METRICS.index(metric)))
+        self.register_buffer("feature_mean", torch.zeros(feature_dim))
+        self.register_buffer("means", torch.zeros(num_classes, feature_dim))
+        self.register_buffer("present", torch.zeros(num_classes, dtype=torch.bool))
 
-    def fit(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None) -> "NCM":
-        num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
-        feats = features.float()
-        sums = torch.zeros(num_classes, feats.shape[1], device=feats.device).index_add_(0, labels, feats)
-        counts = torch.bincount(labels, minlength=num_classes).float()
-        self.present = counts > 0
-        self.means = sums / counts.clamp_min(1)[:, None]
-        return self
+    @property
+    def metric(self) -> str:
+        return self.METRICS[int(self.metric_id)]
 
     @property
     def classes(self) -> list[int]:
         return list(range(self.means.shape[0]))
 
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
-        if self.means is None:
-            raise ConfigError("NCM: call fit() before logits()")
-        feats = features.float()
-        if self.metric == "cosine":
-            scores = F.normalize(feats, dim=1) @ F.normalize(self.means, dim=1).T
+    def _embed(self, features: torch.Tensor) -> torch.Tensor:
+        feats = features.to(self.means.device, torch.float32)
+        if self.metric == "l2_centred":
+            return F.normalize(feats - self.feature_mean, dim=1)
+        return feats
+
+    @torch.no_grad()
+    def fit(self, features: torch.Tensor, labels: torch.Tensor) -> "NCM":
+        num_classes, dim = self.means.shape
+        if features.ndim != 2 or features.shape[1] != dim or len(features) != len(labels) or len(labels) == 0:
+            raise ConfigError(f"NCM.fit: need features [N, {dim}] with N = len(labels) > 0, "
+                              f"got {tuple(features.shape)} and {len(labels)} labels")
+        labels = labels.to(self.means.device, torch.long)
+        if labels.min() < 0 or labels.max() >= num_classes:
+            raise ConfigError(f"NCM.fit: labels must lie in 0..{num_classes - 1}")
+        feats = features.to(self.means.device, torch.float32)
+        # The mean over all training samples (instance-weighted), as the reference's featmean.
+        if self.metric == "l2_centred":
+            self.feature_mean.copy_(feats.mean(0))
         else:
-            scores = -torch.cdist(feats, self.means)
+            self.feature_mean.zero_()
+        x = self._embed(feats).double()  # double sums: a class of many samples loses no precision
+        sums = torch.zeros(num_classes, dim, dtype=torch.float64, device=x.device).index_add_(0, labels, x)
+        counts = torch.bincount(labels, minlength=num_classes)
+        self.present.copy_(counts > 0)
+        self.means.copy_(sums / counts.clamp_min(1)[:, None])
+        return self
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if not self.present.any():
+            raise ConfigError("NCM: call fit() before scoring features")
+        x = self._embed(features)
+        if self.metric == "cosine":
+            scores = F.normalize(x, dim=1).mm(F.normalize(self.means, dim=1).T)
+        else:
+            # ||x||² + ||c||² - 2 x·c as the reference computes it; memory O(N·C), not O(N·C·D)
+            sq = (x * x).sum(1, keepdim=True) + (self.means * self.means).sum(1) - 2 * x.mm(self.means.T)
+            scores = -sq.clamp_min(0.0)
         return scores.masked_fill(~self.present, float("-inf"))
 
 
@@ -109,6 +147,9 @@ class LWS(nn.Module):
 
     def __init__(self, head: Head) -> None:
         super().__init__()
+        if getattr(head, "normalized", False):
+            # f_i·cos(x, w_i) cannot be folded back into a Head (to_head), so refuse early.
+            raise ConfigError("LWS: needs a linear head; this head is cosine (model head: cosine)")
         self.in_features = head.in_features
         self.register_buffer("class_ids", head.class_ids.detach().clone())
         self.register_buffer("weight", head.weight.detach().clone())

@@ -7,11 +7,23 @@ classes only). `class_counts` are the training counts of the stage's data, 0 for
 does not use; classes with count 0 get weight 0 and margin 0 (they are never targets).
 
 Per-class weights w (`reweight`: inverse 1/n, sqrt_inverse 1/√n, cb (1-β)/(1-β^n) — Cui et al.
-2019) are normalised to sum to the number of present classes; the loss is the weighted mean
-Σ w_y·l / Σ w_y, as F.cross_entropy(weight=...) computes. With `drw_epoch` (deferred
-re-weighting, Cao et al. 2019) the weights apply only from that 0-based epoch of the stage on.
+2019) are normalised to sum to the number of present classes. `normalize` says how the
+weighted per-sample losses l are reduced:
+  "batch":  Σ w_y·l / B — Cui et al.'s reference (richardaecn/class-balanced-loss: weights summing
+            to C, then a batch mean), so re-weighting also shrinks the loss where the batch is
+            mostly head classes. The default, except as below.
+  "weight": Σ w_y·l / Σ w_y — F.cross_entropy(weight=...), the project's former behaviour. Default
+            for ldam and for any loss with drw_epoch, because Cao et al.'s LDAM-DRW reference
+            (kaidic/LDAM-DRW) reduces its LDAM and DRW losses with F.cross_entropy(weight=...).
+With equal weights both are the plain mean. Under data parallelism "weight" needs the global
+Σ w_y: LongTailLoss's `reduce_sum` (e.g. an all-reduce mean over ranks) is applied to the local
+Σ w_y first, so that the averaged gradient does not depend on the number of ranks.
+With `drw_epoch` (deferred re-weighting, Cao et al. 2019) the weights apply only from that
+0-based epoch of the stage on; before it every weight is 1.
 """
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -20,7 +32,8 @@ from torch import nn
 
 from trainer.errors import ConfigError
 
-COMMON = {"name": None, "label_smoothing": 0.0, "reweight": "none", "beta": 0.9999, "drw_epoch": None}
+COMMON = {"name": None, "label_smoothing": 0.0, "reweight": "none", "beta": 0.9999, "drw_epoch": None,
+          "normalize": None}
 EXTRA = {
     "ce": {},
     "cb": {},
@@ -29,6 +42,7 @@ EXTRA = {
     "balanced_softmax": {},
 }
 REWEIGHTS = ("none", "inverse", "sqrt_inverse", "cb")
+NORMALIZE = ("batch", "weight")
 
 
 def class_weights(counts: np.ndarray, kind: str, beta: float = 0.9999) -> np.ndarray:
@@ -50,7 +64,8 @@ def class_weights(counts: np.ndarray, kind: str, beta: float = 0.9999) -> np.nda
 
 
 def ldam_margins(counts: np.ndarray, max_margin: float) -> np.ndarray:
-    """m_j ∝ n_j^(-1/4), the largest (rarest class) equal to max_margin; 0 for empty classes."""
+    """m_j ∝ n_j^(-1/4), the largest (rarest class) equal to max_margin; 0 for empty classes
+    (kaidic/LDAM-DRW losses.py: 1/sqrt(sqrt(n)) scaled to max_m)."""
     n = np.asarray(counts, dtype=np.float64)
     m = np.zeros_like(n)
     m[n > 0] = n[n > 0] ** -0.25
@@ -59,15 +74,22 @@ def ldam_margins(counts: np.ndarray, max_margin: float) -> np.ndarray:
 
 class LongTailLoss(nn.Module):
     """Weighted (focal) cross-entropy on adjusted logits: LDAM uses s·(z - m_y·onehot(y)),
-    balanced softmax z + log(n_j / N). LDAM's s = 30 was designed for cosine logits (its
-    normalised linear layer); with the plain linear Head a smaller `scale` may suit better."""
+    balanced softmax z + log(n_j / N). LDAM's s = 30 was designed for cosine logits (model
+    head: cosine); with the plain linear Head a smaller `scale` may suit better.
+
+    normalize: "batch" (Σ w_y·l / B) or "weight" (Σ w_y·l / Σ w_y), see the module doc.
+    reduce_sum: with "weight", applied to the local Σ w_y before dividing; pass an all-reduce
+    mean over ranks so that the rank-averaged gradient equals the single-process one."""
 
     def __init__(self, weight: np.ndarray, *, drw_epoch: int | None = None, gamma: float = 0.0,
                  label_smoothing: float = 0.0, margins: np.ndarray | None = None, scale: float = 1.0,
-                 log_prior: np.ndarray | None = None) -> None:
+                 log_prior: np.ndarray | None = None, normalize: str = "batch",
+                 reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         super().__init__()
+        if normalize not in NORMALIZE:
+            raise ConfigError(f"loss.normalize: unknown {normalize!r}; valid: {', '.join(NORMALIZE)}")
         self.drw_epoch, self.gamma, self.smoothing, self.scale = drw_epoch, gamma, label_smoothing, scale
-        num = len(weight)
+        self.normalize, self.reduce_sum = normalize, reduce_sum
         self.register_buffer("target_weight", torch.tensor(weight, dtype=torch.float32))
         self.register_buffer("weight", self.target_weight.clone())
         self.register_buffer("margins", None if margins is None else torch.tensor(margins, dtype=torch.float32))
@@ -100,10 +122,17 @@ class LongTailLoss(nn.Module):
             uniform = -torch.where(finite, logp, 0.0).sum(1) / finite.sum(1)
             loss = (1.0 - self.smoothing) * loss + self.smoothing * uniform
         w = self.weight.to(logits.device)[target]
-        return (w * loss).sum() / w.sum()
+        if self.normalize == "batch":
+            return (w * loss).sum() / len(target)
+        total = w.sum()
+        if self.reduce_sum is not None:
+            total = self.reduce_sum(total)
+        return (w * loss).sum() / total
 
 
-def build_loss(cfg: dict, class_counts: np.ndarray | list) -> nn.Module:
+def build_loss(cfg: dict, class_counts: np.ndarray | list, *,
+               reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None) -> nn.Module:
+    """The configured loss; `reduce_sum` is handed to LongTailLoss (used with normalize: weight)."""
     name = cfg.get("name", "ce")
     if name not in EXTRA:
         raise ConfigError(f"loss.name: unknown loss {name!r}; valid: {', '.join(EXTRA)}")
@@ -118,7 +147,9 @@ def build_loss(cfg: dict, class_counts: np.ndarray | list) -> nn.Module:
     if reweight == "none" and (name == "cb" or c["drw_epoch"] is not None):
         reweight = "cb"  # "cb" is CE with CB weights; DRW defers CB weights (LDAM-DRW)
     weight = class_weights(counts, reweight, c["beta"])
-    kwargs = {"drw_epoch": c["drw_epoch"], "label_smoothing": c["label_smoothing"]}
+    normalize = c["normalize"] or ("weight" if name == "ldam" or c["drw_epoch"] is not None else "batch")
+    kwargs = {"drw_epoch": c["drw_epoch"], "label_smoothing": c["label_smoothing"],
+              "normalize": normalize, "reduce_sum": reduce_sum}
     if name == "focal":
         kwargs["gamma"] = c["gamma"]
     elif name == "ldam":
@@ -148,6 +179,8 @@ def _check_values(c: dict) -> None:
     number("beta", 0.0, 1.0)
     if c["reweight"] not in REWEIGHTS:
         raise ConfigError(f"loss.reweight: unknown {c['reweight']!r}; valid: {', '.join(REWEIGHTS)}")
+    if c["normalize"] is not None and c["normalize"] not in NORMALIZE:
+        raise ConfigError(f"loss.normalize: unknown {c['normalize']!r}; valid: {', '.join(NORMALIZE)} (or null)")
     d = c["drw_epoch"]
     if d is not None and (not isinstance(d, int) or isinstance(d, bool) or d < 0):
         raise ConfigError(f"loss.drw_epoch: expected a non-negative integer or null, got {d!r}")

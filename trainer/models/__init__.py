@@ -3,6 +3,9 @@
 Every model has `features(x) -> [B, D]` (after global pooling), `feature_dim`,
 `classifier: Head`, `forward(x) = classifier(features(x))` and `last_block()`.
 Inputs are [B, in_channels, S, S] floats, any S ≥ 16.
+
+`head: linear | cosine` (every model; default linear) picks the classifier: cosine is
+LDAM-DRW's normalised linear layer (cosine logits, no bias), meant for the ldam loss's s = 30.
 """
 from __future__ import annotations
 
@@ -21,7 +24,9 @@ MODELS: dict[str, tuple[type[nn.Module], dict]] = {
     "resnet18": (ResNet, {"depth": 18, "width": 64, "in_channels": 1}),
 }
 
-__all__ = ["Head", "MODELS", "build_model"]
+HEADS = ("linear", "cosine")
+
+__all__ = ["HEADS", "Head", "MODELS", "build_model"]
 
 
 def build_model(cfg: dict, num_classes: int) -> nn.Module:
@@ -30,12 +35,20 @@ def build_model(cfg: dict, num_classes: int) -> nn.Module:
     if name not in MODELS:
         raise ConfigError(f"model.name: unknown model {name!r}; valid: {', '.join(MODELS)}")
     cls, defaults = MODELS[name]
-    unknown = sorted(set(cfg) - set(defaults) - {"name"})
+    unknown = sorted(set(cfg) - set(defaults) - {"name", "head"})
     if unknown:
-        raise ConfigError(f"model: unknown key(s) {unknown} for {name}; valid: name, {', '.join(defaults)}")
-    args = {**defaults, **{k: v for k, v in cfg.items() if k != "name"}}
+        raise ConfigError(f"model: unknown key(s) {unknown} for {name}; valid: name, {', '.join(defaults)}, head")
+    head = cfg.get("head") or "linear"
+    if head not in HEADS:
+        raise ConfigError(f"model.head: unknown head {head!r}; valid: {', '.join(HEADS)}")
+    args = {**defaults, **{k: v for k, v in cfg.items() if k not in ("name", "head")}}
     _check(name, args, num_classes)
-    return cls(num_classes=num_classes, **args)
+    model = cls(num_classes=num_classes, **args)
+    if head == "cosine":
+        # Swapped after construction so that linear models stay bit-identical to before
+        # (the constructors' RNG draws are unchanged).
+        model.classifier = Head(model.feature_dim, num_classes, normalized=True)
+    return model
 
 
 def _check(name: str, args: dict, num_classes: int) -> None:

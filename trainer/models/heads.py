@@ -1,10 +1,15 @@
-"""The classifier head: a linear layer over an ordered list of class ids.
+"""The classifier head: a linear (or cosine) layer over an ordered list of class ids.
 
 Stages change which classes the head predicts (three-stage recipe: all → classes 1–9 → all).
 `subset` and `expand` change the head in place (and return it, so both
 `head.subset(c)` and `model.classifier = model.classifier.subset(c)` work); rows of classes
 that stay are kept bit-identical. The class list is a buffer, so a state dict carries it and
 loading a state dict with another class list reshapes the head to match.
+
+normalized=True is LDAM-DRW's NormedLinear (Cao et al. 2019): logits are cosines
+normalize(x)·normalize(w_i) in [-1, 1], with no bias; the loss applies the scale s. It has no
+bias parameter at all, so its state dict lacks "bias": loading one head kind into the other
+fails loudly instead of silently changing the logits.
 """
 from __future__ import annotations
 
@@ -29,33 +34,49 @@ def _fresh_rows(rows: int, in_features: int, like: torch.Tensor,
 
 
 class Head(nn.Module):
-    """Linear classifier whose output column i scores class `classes[i]`."""
+    """Classifier whose output column i scores class `classes[i]`: linear w_i·x + b_i, or with
+    normalized=True the cosine of x and w_i (no bias)."""
 
-    def __init__(self, in_features: int, classes: int | Iterable[int]) -> None:
+    def __init__(self, in_features: int, classes: int | Iterable[int], normalized: bool = False) -> None:
         super().__init__()
         ids = list(range(classes)) if isinstance(classes, int) else [int(c) for c in classes]
         _check_classes(ids)
         self.in_features = in_features
+        self.normalized = bool(normalized)
         self.register_buffer("class_ids", torch.tensor(ids, dtype=torch.long))
-        weight, bias = _fresh_rows(len(ids), in_features, torch.empty(0))
+        weight, bias = self._fresh(len(ids), torch.empty(0))
         self.weight = nn.Parameter(weight)
-        self.bias = nn.Parameter(bias)
+        # A cosine head has no bias (None, not a frozen zero): a parameter that never gets a
+        # gradient would trip DDP's unused-parameter check once a stage unfreezes the head.
+        self.register_parameter("bias", None if self.normalized else nn.Parameter(bias))
 
     @property
     def classes(self) -> list[int]:
         return [int(c) for c in self.class_ids.tolist()]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.normalized:
+            return F.linear(F.normalize(x, dim=1), F.normalize(self.weight, dim=1))
         return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, classes={self.classes}"
+        return f"in_features={self.in_features}, classes={self.classes}, normalized={self.normalized}"
 
-    def _set(self, ids: list[int], weight: torch.Tensor, bias: torch.Tensor) -> None:
+    def _fresh(self, rows: int, like: torch.Tensor,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        weight, bias = _fresh_rows(rows, self.in_features, like, generator)
+        if self.normalized:
+            # Unit rows, as NormedLinear starts: the row norm sets the effective step size of a
+            # cosine head (d cos / d w ∝ 1/||w||), so start where the reference does.
+            weight = F.normalize(weight, dim=1)
+        return weight, bias
+
+    def _set(self, ids: list[int], weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         # New Parameter objects: the optimizer must be rebuilt after a head change (it is, per stage).
         self.class_ids = torch.tensor(ids, dtype=torch.long, device=self.class_ids.device)
         self.weight = nn.Parameter(weight.detach().clone(), requires_grad=self.weight.requires_grad)
-        self.bias = nn.Parameter(bias.detach().clone(), requires_grad=self.bias.requires_grad)
+        if self.bias is not None:
+            self.bias = nn.Parameter(bias.detach().clone(), requires_grad=self.bias.requires_grad)
 
     def subset(self, classes: Iterable[int]) -> "Head":
         """Keep only the rows of `classes` (in the order given); each must be in the head."""
@@ -66,7 +87,7 @@ class Head(nn.Module):
         if missing:
             raise ConfigError(f"head subset: classes {missing} are not in the head (it has {have})")
         rows = torch.tensor([have.index(c) for c in ids], device=self.weight.device)
-        self._set(ids, self.weight[rows], self.bias[rows])
+        self._set(ids, self.weight[rows], None if self.bias is None else self.bias[rows])
         return self
 
     def expand(self, num_classes: int, generator: torch.Generator | None = None) -> "Head":
@@ -75,10 +96,11 @@ class Head(nn.Module):
         have = self.classes
         if have and max(have) >= num_classes:
             raise ConfigError(f"head expand: head has class {max(have)}, cannot expand to {num_classes} classes")
-        weight, bias = _fresh_rows(num_classes, self.in_features, self.weight.detach(), generator)
+        weight, bias = self._fresh(num_classes, self.weight.detach(), generator)
         rows = torch.tensor(have, dtype=torch.long, device=weight.device)
         weight[rows] = self.weight.detach()
-        bias[rows] = self.bias.detach()
+        if self.bias is not None:
+            bias[rows] = self.bias.detach()
         self._set(list(range(num_classes)), weight, bias)
         return self
 
@@ -96,7 +118,7 @@ class Head(nn.Module):
         if ids is not None and weight is not None and ids.tolist() != self.class_ids.tolist():
             if weight.shape[1:] == self.weight.shape[1:] and weight.shape[0] == len(ids):
                 self._set([int(c) for c in ids.tolist()], self.weight.new_empty(weight.shape),
-                          self.bias.new_empty(len(ids)))
+                          self.weight.new_empty(len(ids)))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
