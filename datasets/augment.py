@@ -108,10 +108,11 @@ def augment(img: torch.Tensor, spec: AugmentSpec, size: int, gen: torch.Generato
 
 def augment_batch(x: torch.Tensor, spec: AugmentSpec, gen: torch.Generator) -> torch.Tensor:
     """uint8 [B,1,S,S] (already to_input) -> float32 [B,1,S,S] in [0,1]; steps 1–7 of the spec,
-    batched with per-image parameters (one warp for the whole batch, no per-image Python)."""
-    n = x.shape[0]
+    batched with per-image parameters (one warp for the whole batch, no per-image Python).
+    Runs where x is (CPU or CUDA); `gen` must be a generator of the same device."""
+    n, dev = x.shape[0], gen.device
     if spec.rotate == "right":
-        k = torch.randint(0, 4, (n,), generator=gen)
+        k = torch.randint(0, 4, (n,), generator=gen, device=dev)
         x = x.clone()
         for turns in (1, 2, 3):
             sel = k == turns
@@ -119,7 +120,7 @@ def augment_batch(x: torch.Tensor, spec: AugmentSpec, gen: torch.Generator) -> t
                 x[sel] = torch.rot90(x[sel], turns, (-2, -1))
     for enabled, flip in ((spec.hflip, TF.horizontal_flip), (spec.vflip, TF.vertical_flip)):
         if enabled:
-            sel = torch.rand(n, generator=gen) < 0.5
+            sel = torch.rand(n, generator=gen, device=dev) < 0.5
             x = torch.where(sel[:, None, None, None], flip(x), x)
     out = _warp(x, spec, gen) if spec.warps else x.float().div_(255.0)
     if spec.brightness > 0:
@@ -133,7 +134,7 @@ def augment_batch(x: torch.Tensor, spec: AugmentSpec, gen: torch.Generator) -> t
 
 
 def _uniform(n: int, half_width: float, gen: torch.Generator) -> torch.Tensor:
-    return 1.0 + (torch.rand(n, generator=gen) * 2.0 - 1.0) * half_width
+    return 1.0 + (torch.rand(n, generator=gen, device=gen.device) * 2.0 - 1.0) * half_width
 
 
 def border_median(x: torch.Tensor) -> torch.Tensor:
@@ -145,18 +146,19 @@ def border_median(x: torch.Tensor) -> torch.Tensor:
 def _warp(x: torch.Tensor, spec: AugmentSpec, gen: torch.Generator) -> torch.Tensor:
     """Step 3 + 4: one bilinear affine warp per image, fill = border median; returns float [0,1]."""
     n, _, size, _ = x.shape
+    dev = gen.device
     lo, hi = spec.crop_scale
-    side = torch.sqrt(lo + (hi - lo) * torch.rand(n, generator=gen))        # c/S, in (0, 1]
-    offset = (torch.rand(n, 2, generator=gen) * 2 - 1) * (1 - side)[:, None]  # normalised units
+    side = torch.sqrt(lo + (hi - lo) * torch.rand(n, generator=gen, device=dev))  # c/S, in (0, 1]
+    offset = (torch.rand(n, 2, generator=gen, device=dev) * 2 - 1) * (1 - side)[:, None]  # normalised
     if spec.rotate == "free":
-        theta = torch.rand(n, generator=gen) * (2 * math.pi)
+        theta = torch.rand(n, generator=gen, device=dev) * (2 * math.pi)
     else:
-        theta = torch.zeros(n)
+        theta = torch.zeros(n, device=dev)
     if spec.translate > 0:
-        shift = torch.randint(-spec.translate, spec.translate + 1, (n, 2), generator=gen).float()
+        shift = torch.randint(-spec.translate, spec.translate + 1, (n, 2), generator=gen, device=dev).float()
         shift = shift * (2.0 / size)                                          # px -> normalised
     else:
-        shift = torch.zeros(n, 2)
+        shift = torch.zeros(n, 2, device=dev)
     cos, sin = torch.cos(theta), torch.sin(theta)
     # A = (c/S)·R(−θ); affine_grid maps output -> input in normalised [-1, 1] coordinates.
     a = torch.stack([torch.stack([cos, sin], 1), torch.stack([-sin, cos], 1)], 1) * side[:, None, None]
@@ -171,7 +173,7 @@ def _warp(x: torch.Tensor, spec: AugmentSpec, gen: torch.Generator) -> torch.Ten
 
 def _affine_grid(matrix: torch.Tensor, size: int) -> torch.Tensor:
     """F.affine_grid(matrix, [B,1,S,S], align_corners=False) by broadcasting (several times faster)."""
-    pos = (torch.arange(size, dtype=torch.float32) * 2 + 1) / size - 1   # pixel centres in [-1, 1]
+    pos = (torch.arange(size, dtype=torch.float32, device=matrix.device) * 2 + 1) / size - 1  # pixel centres
     xs, ys = pos[None, None, :], pos[None, :, None]
     m = matrix[:, :, :, None, None]                                     # [B,2,3,1,1]
     grid = m[:, :, 0] * xs + m[:, :, 1] * ys + m[:, :, 2]               # [B,2,S,S]
@@ -183,16 +185,16 @@ def gamma_noise(shape: torch.Size | tuple[int, ...], shape_l: float, gen: torch.
     gamma sampler takes no generator). Vectorised: the squeeze test u < 1 − 0.0331·z⁴ accepts
     ~98% in a few passes; only the rest get the exact log test, and rejects are redrawn.
     (With α ≥ 1, every z with 1 + c·z ≤ 0 has z⁴ > 1/0.0331, so the squeeze never accepts it.)"""
-    count = math.prod(shape)
+    count, dev = math.prod(shape), gen.device
     alpha = shape_l + 1.0 if shape_l < 1.0 else shape_l
     d = alpha - 1.0 / 3.0
     c = 1.0 / math.sqrt(9.0 * d)
-    out = torch.empty(0)
+    out = torch.empty(0, device=dev)
     todo: torch.Tensor | None = None                # None = every position
     while todo is None or todo.numel():
         k = count if todo is None else todo.numel()
-        z = torch.randn(k, generator=gen)
-        u = torch.rand(k, generator=gen)
+        z = torch.randn(k, generator=gen, device=dev)
+        u = torch.rand(k, generator=gen, device=dev)
         v = torch.mul(z, c).add_(1.0).pow_(3)
         z.square_()                                  # z²
         ok = u < z.square().mul_(-0.0331).add_(1.0)
@@ -208,5 +210,5 @@ def gamma_noise(shape: torch.Size | tuple[int, ...], shape_l: float, gen: torch.
             out[todo[ok]] = v[ok]
             todo = todo[~ok]
     if shape_l < 1.0:  # Gamma(L) = Gamma(L+1)·U^(1/L)
-        out.mul_(torch.rand(count, generator=gen).pow_(1.0 / shape_l))
+        out.mul_(torch.rand(count, generator=gen, device=dev).pow_(1.0 / shape_l))
     return out.reshape(shape)

@@ -160,3 +160,13 @@ def test_config_differences_ignore_resume_free_keys():
     assert config_differences(a, b) == []
     c = validate(minimal(optim={"lr": 0.3}))
     assert config_differences(a, c) == ["optim.lr: 0.1 != 0.3"]
+
+
+def test_ldam_gets_its_cosine_head_and_refuses_row_rescaling():
+    cfg = validate(minimal(stages=[{"name": "a", "loss": {"name": "ldam"}}]))
+    assert resolve(cfg, fake_index([9, 3])).model["head"] == "cosine"
+    cfg = validate(minimal(stages=[{"name": "a", "loss": {"name": "ldam"}, "classifiers": ["lws"]}]))
+    with pytest.raises(ConfigError, match="stages.0.classifiers: lws"):
+        resolve(cfg, fake_index([9, 3]))
+    cfg = validate(minimal(model={"head": "linear"}, stages=[{"name": "a", "loss": {"name": "ldam"}}]))
+    assert resolve(cfg, fake_index([9, 3])).model["head"] == "linear"

@@ -187,3 +187,23 @@ def yaml_load(path: Path) -> dict:
     import yaml
 
     return yaml.safe_load(path.read_text())
+
+
+@pytest.mark.slow
+def test_resident_and_shard_reader_give_the_same_run(shards, tmp_path):
+    """The resident loader (decoded once) and the per-batch shard reader feed the same batches,
+    so a run gives the same metrics and weights with either; the run records which it used."""
+    import torch
+
+    runs = {}
+    for loader in ("resident", "torch"):
+        run = tmp_path / loader
+        assert train("three_stage_mini", shards, run, f"data.loader={loader}") == 0
+        runs[loader] = run
+        assert json.loads((run / "run.json").read_text())["loader"] == loader
+    a, b = (json.loads((runs[k] / "metrics.json").read_text()) for k in ("resident", "torch"))
+    assert a == b
+    for folder in sorted((runs["torch"] / "stages").iterdir()):
+        x = torch.load(runs["resident"] / "stages" / folder.name / "model.pt", weights_only=True)
+        y = torch.load(folder / "model.pt", weights_only=True)
+        assert all(torch.equal(x[k], y[k]) for k in y), folder.name

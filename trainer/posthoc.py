@@ -127,7 +127,7 @@ def train_head_on_stream(setup: Setup, net: nn.Module, head: nn.Module, stage: S
 
 
 def _cpu_head(head: Head) -> Head:
-    out = Head(head.in_features, head.classes)
+    out = Head(head.in_features, head.classes, head.normalized)
     out.load_state_dict({k: v.detach().cpu() for k, v in head.state_dict().items()})
     return out
 
@@ -141,7 +141,8 @@ def save_classifiers(folder: Path, fitted: dict[str, nn.Module]) -> None:
     for name, clf in fitted.items():
         with atomic_path(folder / FOLDER / f"{name}.pt") as tmp:
             torch.save({k: v.detach().cpu() for k, v in clf.state_dict().items()}, tmp)
-        meta[name] = {"kind": KINDS[name], **({"metric": clf.metric} if isinstance(clf, NCM) else {})}
+        meta[name] = {"kind": KINDS[name], **({"metric": clf.metric} if isinstance(clf, NCM) else
+                                              {"normalized": clf.head.normalized})}
     write_json(folder / FOLDER / "classifiers.json", meta, indent=1)
 
 
@@ -155,7 +156,7 @@ def load_classifier(folder: Path, name: str, feature_dim: int, num_classes: int)
     if meta[name]["kind"] == "ncm":
         clf = NCM(feature_dim, num_classes, meta[name]["metric"])
     else:
-        clf = FullLogits(Head(feature_dim, num_classes), num_classes)
+        clf = FullLogits(Head(feature_dim, num_classes, meta[name].get("normalized", False)), num_classes)
     state = torch.load(folder / FOLDER / f"{name}.pt", map_location="cpu", weights_only=True)
     clf.load_state_dict(state)
     return clf.eval()

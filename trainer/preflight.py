@@ -7,11 +7,12 @@ from pathlib import Path
 
 import torch
 
+from datasets.stream_spec import StreamSpec
 from shards.index import ClassIndex
 from trainer.config import config_differences, load_run_config
 from trainer.errors import ConfigError
 from trainer.spec import RecipeSpec, resolve
-from trainer.streams import Streams, per_rank_batch
+from trainer.streams import Streams, choose_loader, per_rank_batch
 
 
 def make_accelerator(cfg: dict, run_dir: Path, trackers: bool = True):
@@ -85,10 +86,16 @@ def prepare(cfg: dict, *, trackers: bool = True, check_run: bool = True) -> Setu
     recipe = resolve(cfg, index)
     acc = make_accelerator(cfg, run_dir, trackers)
     data = cfg["data"]
-    streams = Streams(shards=data["shards"], loader=data["loader"], input_size=recipe.input_size,
+    pixels = sum(len(s) for s in index.splits.values()) * recipe.input_size ** 2
+    kind = choose_loader(data["loader"], pixels, acc.device)
+    streams = Streams(shards=data["shards"], kind=kind, input_size=recipe.input_size,
                       batch_size=data["batch_size"], eval_batch_size=data["eval_batch_size"],
                       num_workers=data["num_workers"], dali_threads=data["dali_threads"],
-                      rank=acc.process_index, world=acc.num_processes)
+                      rank=acc.process_index, world=acc.num_processes, device=acc.device)
+    if kind == "resident":  # decode (or check the cache) once, on the main process first
+        with acc.main_process_first():
+            for split in index.splits:
+                streams.open(split, StreamSpec.sequential(1, recipe.input_size))
     for stage in recipe.stages:  # every stage's batch must split over the ranks
         per_rank_batch(data["batch_size"], acc.num_processes, stage.optim.grad_accum)
     return Setup(cfg, run_dir, index, recipe, acc, streams)

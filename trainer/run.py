@@ -189,7 +189,10 @@ def _epoch_context(run: Run, stage: StageSpec, model, optimizer) -> EpochContext
     cfg, acc = run.cfg, run.accelerator
     stream = run.setup.streams.train(stage, seed=cfg["seed"] * 1000 + stage.index)
     stream.set_epoch(0)
-    loss = build_loss(stage.loss, np.asarray(stage.loss_counts)).to(acc.device)
+    # Under DDP a loss normalised by its weight sum divides by the mean over ranks of that sum, so
+    # the rank-averaged gradient is the one of the whole global batch (whatever the world size).
+    reduce_sum = (lambda t: acc.reduce(t, reduction="mean")) if acc.num_processes > 1 else None
+    loss = build_loss(stage.loss, np.asarray(stage.loss_counts), reduce_sum=reduce_sum).to(acc.device)
     return EpochContext(
         accelerator=acc, model=model, optimizer=optimizer, loss_fn=loss, stream=stream,
         iterate=run.setup.streams.iterate,
@@ -229,8 +232,9 @@ def _restored_rows(run: Run, stage: StageSpec) -> dict[int, tuple[torch.Tensor, 
         if todo:
             state = torch.load(run.stage_dir(j) / "model.pt", map_location="cpu", weights_only=True)
             ids = state["classifier.class_ids"].tolist()
+            bias = state.get("classifier.bias")   # a cosine head has none
             for c in todo:
-                rows[c] = (state["classifier.weight"][ids.index(c)], state["classifier.bias"][ids.index(c)])
+                rows[c] = (state["classifier.weight"][ids.index(c)], None if bias is None else bias[ids.index(c)])
     return rows
 
 

@@ -99,6 +99,12 @@ def resolve(cfg: dict, index: ClassIndex) -> RecipeSpec:
     model = dict(cfg["model"])
     if model["head"] == "auto":
         model["head"] = "cosine" if any(s.loss.get("name") == "ldam" for s in stages) else "linear"
+    for s in stages:
+        scaled = sorted({"tau_norm", "lws"} & set(s.classifiers))
+        if scaled and model["head"] == "cosine":
+            raise ConfigError(f"stages.{s.index}.classifiers: {', '.join(scaled)} rescale the rows of a "
+                              "linear head; the model's head is cosine (model.head, or auto with an "
+                              "ldam loss), whose rows are unit vectors")
     post = cfg["posthoc"]
     return RecipeSpec(
         num_classes=n, input_size=input_size(cfg["data"]["input_size"], index), model=model,

@@ -26,13 +26,15 @@ def apply_head(model: nn.Module, stage: StageSpec, num_classes: int,
         with torch.no_grad():
             for c in added if restored else []:
                 head.weight[c].copy_(restored[c][0])
-                head.bias[c].copy_(restored[c][1])
+                if head.bias is not None:
+                    head.bias[c].copy_(restored[c][1])
     elif stage.head == "reset":
         head.subset(head.classes)  # same classes …
         with torch.no_grad():       # … fresh rows, initialised like nn.Linear
-            fresh = type(head)(head.in_features, head.classes).to(head.weight.device)
+            fresh = type(head)(head.in_features, head.classes, head.normalized).to(head.weight.device)
             head.weight.copy_(fresh.weight)
-            head.bias.copy_(fresh.bias)
+            if head.bias is not None:
+                head.bias.copy_(fresh.bias)
 
 
 # ---------------------------------------------------------------- trainable part

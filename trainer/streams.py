@@ -1,32 +1,52 @@
 """Which stream feeds the trainer, and how it is built: the one place the loader is chosen.
 
 Every stream takes a `StreamSpec` (datasets/stream_spec.py) and yields the same batches; the
-choice only decides where pixels are decoded and augmented.
+choice only decides where pixels are decoded and augmented:
+- resident: each split decoded once into memory (RAM, or the GPU's memory on CUDA), batches
+  gathered and augmented there (datasets/resident.py). `auto` picks it whenever the splits fit.
+- torch: PNGs decoded per batch in DataLoader worker processes (datasets/stream.py).
+- dali: DALI's pipeline (datasets/dali.py), on the GPU or in its CPU mode.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from datasets.resident import ResidentStream
+from datasets.stream import ShardStream, make_loader
 from datasets.stream_spec import StreamSpec
 from trainer.errors import ConfigError
 from trainer.spec import StageSpec
 
 
-def use_dali(loader: str) -> bool:
-    """`dali` always uses DALI (its CPU mode without CUDA, which is what CI exercises);
-    `auto` uses it only where it pays, with CUDA and DALI both present; `torch` never."""
-    if loader == "torch":
-        return False
+RESIDENT_SHARE = 0.5   # auto goes resident when the decoded splits take at most this share of free memory
+
+
+def check_dali() -> None:
     try:
-        import datasets.dali  # noqa: F401
-    except Exception as err:  # DALI missing or broken: the torch reader is always there
-        if loader == "dali":
-            raise ConfigError(f"data.loader: dali, but nvidia-dali does not import ({err}); "
-                              "use data.loader=torch or auto") from err
-        return False
-    return loader == "dali" or torch.cuda.is_available()
+        import datasets.dali  # noqa: F401  (optional: DALI is a large, CUDA-12 wheel)
+    except Exception as err:
+        raise ConfigError(f"data.loader: dali, but nvidia-dali does not import ({err}); "
+                          "use data.loader=resident, torch or auto") from err
+
+
+def choose_loader(loader: str, resident_bytes: int, device: torch.device) -> str:
+    """resident | torch | dali. `auto` is resident when the decoded train/val/test splits fit in
+    half the free memory of the device that will hold them, else the torch reader."""
+    if loader == "dali":
+        check_dali()
+    if loader != "auto":
+        return loader
+    return "resident" if resident_bytes <= RESIDENT_SHARE * free_memory(device) else "torch"
+
+
+def free_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil  # a dependency of accelerate
+
+    return psutil.virtual_memory().available
 
 
 def per_rank_batch(global_batch: int, world: int, grad_accum: int, key: str = "data.batch_size") -> int:
@@ -40,7 +60,7 @@ def per_rank_batch(global_batch: int, world: int, grad_accum: int, key: str = "d
 class Streams:
     """Builds the train and evaluation streams of a run for this rank."""
     shards: str
-    loader: str            # auto | torch | dali (as the recipe says)
+    kind: str              # resident | torch | dali (choose_loader)
     input_size: int
     batch_size: int        # global
     eval_batch_size: int   # global
@@ -48,18 +68,20 @@ class Streams:
     dali_threads: int
     rank: int = 0
     world: int = 1
-
-    @property
-    def kind(self) -> str:
-        return "dali" if use_dali(self.loader) else "torch"
+    device: torch.device = torch.device("cpu")
+    pixels: dict = field(default_factory=dict, compare=False)   # (split, size) -> resident uint8 tensor
 
     def open(self, split: str, spec: StreamSpec):
         if self.kind == "dali":
             from datasets.dali import DaliStream
 
             return DaliStream(self.shards, split, spec, num_threads=self.dali_threads)
-        from datasets.stream import ShardStream
-
+        if self.kind == "resident":
+            key = (split, spec.input_size)
+            stream = ResidentStream(self.shards, split, spec, device=self.device, pixels=self.pixels.get(key),
+                                    workers=self.num_workers)
+            self.pixels[key] = stream.images   # one copy per split, shared by train and eval streams
+            return stream
         return ShardStream(self.shards, split, spec)
 
     def train(self, stage: StageSpec, seed: int, *, batch_size: int | None = None,
@@ -81,7 +103,5 @@ class Streams:
         keeps that draw out of the model's random stream, so resume mid-epoch stays exact."""
         if not isinstance(stream, torch.utils.data.IterableDataset):
             return iter(stream)
-        from datasets.stream import make_loader
-
         with torch.random.fork_rng(devices=[]):
             return iter(make_loader(stream, self.num_workers))
