@@ -32,7 +32,8 @@ def test_builtin_recipes_exist_and_validate():
         assert cfg["stages"] and cfg["run"]["dir"] == str(Path("runs") / name)
 
 
-def test_three_stage_is_seed_000():
+def test_three_stage_is_seed_000(monkeypatch):
+    monkeypatch.setattr("trainer.spec._range_axis", lambda *a: "horizontal")  # no chips to read here
     cfg = load_config("three_stage")
     st = cfg["stages"]
     assert [s["epochs"] for s in st] == [20, 100, 20, 10]
@@ -40,7 +41,7 @@ def test_three_stage_is_seed_000():
     assert st[1]["head"] == "subset" and st[1]["sampler"]["classes"] == list(range(1, 10))
     assert st[2]["head"] == "expand" and st[2]["sampler"] == {**st[2]["sampler"], "kind": "class", "per_class": 5000}
     assert st[2]["train"] == "all" and st[3]["train"] == "classifier"
-    assert cfg["data"]["tta"] == 3 and cfg["optim"]["momentum"] > 0
+    assert cfg["data"]["tta"] == "auto" and cfg["optim"]["momentum"] > 0  # views that keep the radar geometry
     spec = resolve(cfg, fake_index([1000] * 10))
     assert spec.stages[1].head_classes == tuple(range(1, 10)) and spec.stages[2].head_classes == tuple(range(10))
 
@@ -170,3 +171,10 @@ def test_ldam_gets_its_cosine_head_and_refuses_row_rescaling():
         resolve(cfg, fake_index([9, 3]))
     cfg = validate(minimal(model={"head": "linear"}, stages=[{"name": "a", "loss": {"name": "ldam"}}]))
     assert resolve(cfg, fake_index([9, 3])).model["head"] == "linear"
+
+
+def test_a_length_override_replaces_the_recipe_length_in_any_unit():
+    cfg = load_config("joint_mini", ["data.shards=/s", "stages.0.epochs=2"])
+    assert (cfg["stages"][0]["epochs"], cfg["stages"][0]["steps"]) == (2, None)
+    cfg = load_config("joint_mini", ["data.shards=/s", "stages.0.samples=6400"])
+    assert (cfg["stages"][0]["samples"], cfg["stages"][0]["steps"]) == (6400, None)

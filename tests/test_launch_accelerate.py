@@ -51,11 +51,14 @@ def test_config_loads(name, kind, processes, machines):
 def test_two_cpu_processes_are_two_ranks(tiny_shards, tmp_path):
     """The documented command; each rank logs the sample ids it trains on (run.debug_ids)."""
     run = tmp_path / "run"
-    launch("cpu_2proc.yaml", ["-m", "trainer"], "--config", RECIPE, f"data.shards={tiny_shards}",
-           f"run.dir={run}", "run.debug_ids=true", *TINY)
+    r = launch("cpu_2proc.yaml", ["-m", "trainer"], "--config", RECIPE, f"data.shards={tiny_shards}",
+               f"run.dir={run}", "run.debug_ids=true", *TINY)
+    assert "2 process(es)" in r.stdout and r.stdout.count("run ") >= 1  # the start banner, once
     assert (run / "metrics.json").is_file()
     files = sorted((run / "debug").glob("ids-rank*.jsonl"))
     assert [f.name for f in files] == ["ids-rank0.jsonl", "ids-rank1.jsonl"], "two ranks, not two rank-0s"
+    banner = json.loads((run / "run.json").read_text())   # the run says how it ran
+    assert banner["world_size"] == 2 and len(banner["devices"]) == 2
 
     from shards.index import ClassIndex
 

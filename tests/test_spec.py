@@ -69,7 +69,8 @@ def test_a_later_stage_must_not_draw_outside_a_subset_head():
                 fake_index(COUNTS))
 
 
-def test_head_classes_through_the_three_stage_recipe():
+def test_head_classes_through_the_three_stage_recipe(monkeypatch):
+    monkeypatch.setattr("trainer.spec._range_axis", lambda *a: "horizontal")  # no chips to read here
     spec = resolve(load_config("three_stage", ["data.shards=/x"]), fake_index([500] * 10))
     assert [s.head_classes for s in spec.stages] == [tuple(range(10)), tuple(range(1, 10)),
                                                        tuple(range(10)), tuple(range(10))]
@@ -98,3 +99,20 @@ def test_posthoc_budgets_default_to_the_reference_epochs():
     spec = resolve(recipe({"name": "a"}, posthoc={"crt": {"steps": 30, "batch_size": 64}}), fake_index(COUNTS))
     assert spec.head_training["crt"].epochs == 4   # 385 / 64 → 7 steps per epoch, 30 / 7 ≈ 4
     assert spec.taus[0] == 0.0 and spec.taus[-1] == 2.0 and len(spec.taus) == 21
+
+
+def test_auto_flips_and_views_follow_the_radar(monkeypatch):
+    rec = recipe({"name": "a", "augment": {"hflip": "auto", "vflip": "auto"}}, data={"shards": "/x", "tta": "auto"})
+    for axis, flips, views in (("horizontal", (False, True), ("identity", "vflip")),
+                               ("vertical", (True, False), ("identity", "hflip")),
+                               ("unknown", (True, False), ("identity", "hflip"))):
+        monkeypatch.setattr("trainer.spec._range_axis", lambda *a, axis=axis: axis)
+        spec = resolve(rec, fake_index(COUNTS))
+        aug = spec.stages[0].augment
+        assert (aug.hflip, aug.vflip) == flips and spec.tta_views == views and spec.range_axis == axis
+
+
+def test_rotation_on_radar_chips_is_noted(monkeypatch):
+    monkeypatch.setattr("trainer.spec._range_axis", lambda *a: "horizontal")
+    spec = resolve(recipe({"name": "a", "augment": {"rotate": "right"}}), fake_index(COUNTS))
+    assert any("augment.rotate=right turns the radar" in n for n in spec.notes)

@@ -15,13 +15,13 @@ SMALL = ["--model", "resnet_cifar", "--depth", "8", "--width", "8", "--size", "1
 
 
 def test_bench_prints_ratio(capsys):
-    assert main(["bench", *SMALL]) == 0
+    assert main(["bench", "step", *SMALL]) == 0
     out = capsys.readouterr().out
     assert "trainer" in out and "bare" in out and "ratio trainer/bare" in out
 
 
 def test_bench_json(capsys):
-    assert main(["bench", *SMALL, "--json"]) == 0
+    assert main(["bench", "step", *SMALL, "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     r = res[0]
     assert r["trainer_images_per_s"] > 0 and r["bare_images_per_s"] > 0
@@ -29,7 +29,7 @@ def test_bench_json(capsys):
 
 
 def test_bench_bad_arguments(capsys):
-    assert main(["bench", "--steps", "0"]) == 2
+    assert main(["bench", "step", "--steps", "0"]) == 2
     assert "error:" in capsys.readouterr().err
 
 

@@ -207,3 +207,29 @@ def test_resident_and_shard_reader_give_the_same_run(shards, tmp_path):
         x = torch.load(runs["resident"] / "stages" / folder.name / "model.pt", weights_only=True)
         y = torch.load(folder / "model.pt", weights_only=True)
         assert all(torch.equal(x[k], y[k]) for k in y), folder.name
+
+
+@pytest.mark.slow
+def test_posthoc_classifiers_are_saved_and_predict_matches_metrics(shards, tmp_path, capsys):
+    """`predict --classifier X` on the test images gives, chip for chip, the confusion matrix
+    that metrics.json reports for X on the test split (with the run's TTA); so does `evaluate`."""
+    run = tmp_path / "run"
+    assert train("decoupled_mini", shards, run, "data.tta=3") == 0
+    m = json.loads((run / "metrics.json").read_text())
+    labels = {int(r["image_id"]): int(r["class_id"]) for r in csv.DictReader((shards.parent / "test_labels.csv").open())}
+    for name in ("model", "crt", "ncm", "tau_norm", "lws"):
+        expected = m["final"]["test"] if name == "model" else m["final"]["test"]["classifiers"][name]
+        out = tmp_path / f"{name}.csv"
+        assert main(["predict", "--run", str(run), "--images", str(shards.parent / "test_images"),
+                     "--out", str(out), "--classifier", name]) == 0
+        confusion = [[0] * 4 for _ in range(4)]
+        for row in list(csv.reader(out.open()))[1:]:
+            confusion[labels[int(row[0])]][int(row[1])] += 1
+        assert confusion == expected["confusion"], name
+        capsys.readouterr()
+        assert main(["evaluate", "--run", str(run), "--split", "test", "--classifier", name, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["confusion"] == expected["confusion"], name
+    assert main(["predict", "--run", str(run), "--images", str(shards.parent / "test_images"),
+                 "--out", str(tmp_path / "x.csv"), "--classifier", "knn"]) == 2
+    err = capsys.readouterr().err
+    assert "no classifier 'knn'" in err and "crt" in err and "lws" in err

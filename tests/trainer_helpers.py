@@ -60,7 +60,7 @@ def recipe_overrides(name: str, cfg_stages: list[dict] | None = None) -> list[st
             out.append(f"stages.{i}.sampler.per_class=8")
         if st["sampler"]["classes"]:
             out.append(f"stages.{i}.sampler.classes=[1,2,3]")
-    return out
+    return out + ["posthoc.crt.steps=4", "posthoc.lws.steps=4"]
 
 
 def fake_index(counts: list[int], sizes: dict[str, int] | None = None):

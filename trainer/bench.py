@@ -1,11 +1,13 @@
-"""`python -m trainer bench`: the trainer's training step against a bare PyTorch loop.
+"""`python -m trainer bench [e2e | step | gpu]`: the trainer against plain PyTorch, side by side.
 
-Both run the same steps on the same model (same initial weights) and the same in-memory
-batches, so the difference is the trainer's own overhead (Accelerate wrapping, LR schedule,
-full-class logits, loss checks, logging), not data loading. Repeats alternate between the
-two; images/s are best-of-N (noise on a shared machine only adds time), and the median
-ratio of adjacent pairs is printed beside it. On CUDA it also measures Shake-Shake-26 2x32d
-at 56 px in bf16: images/s and model FLOP utilisation (FLOPs by torch's FlopCounterMode).
+- e2e (default, trainer/bench_e2e.py): the whole trainer, data included, against a plain loop
+  on preloaded tensors doing the same steps.
+- step: the training step alone on the same in-memory batches, so the difference is the
+  trainer's own overhead (Accelerate wrapping, LR schedule, full-class logits, loss checks,
+  logging). Repeats alternate; images/s are best-of-N (noise on a shared machine only adds
+  time), and the median ratio of adjacent pairs is printed beside it.
+- gpu: Shake-Shake-26 2x32d at 56 px in bf16 on CUDA, compile on and off: images/s and model
+  FLOP utilisation (FLOPs by torch's FlopCounterMode).
 """
 from __future__ import annotations
 
@@ -65,7 +67,7 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def trainer_setup(model_cfg: dict, batches: list, precision: str, classes: int):
+def trainer_setup(model_cfg: dict, batches: list, precision: str, classes: int, compiled: bool = False):
     """The trainer's own objects for one stage, as run.run_stage builds them."""
     from trainer.loop import EpochContext
     from trainer.losses import build_loss
@@ -78,27 +80,30 @@ def trainer_setup(model_cfg: dict, batches: list, precision: str, classes: int):
                     "stages": [{"name": "bench"}]})
     acc = make_accelerator(cfg, run_dir=".", trackers=False)
     torch.manual_seed(0)
-    raw = build_model({**cfg["model"], "head": "linear"}, classes).to(acc.device)
+    memory = torch.channels_last if acc.device.type == "cuda" else torch.contiguous_format
+    raw = build_model({**cfg["model"], "head": "linear"}, classes).to(acc.device, memory_format=memory)
     bare = copy.deepcopy(raw)
     opt_cfg = OptimSpec(**{k: v for k, v in cfg["optim"].items() if k != "precision"})
     model, optimizer = acc.prepare(raw, build_optimizer(set_trainable(raw, "all"), opt_cfg))
+    if compiled:
+        model, bare = torch.compile(model), torch.compile(bare)
     loss = build_loss({"name": "ce"}, [1] * classes).to(acc.device)
     ctx = EpochContext(accelerator=acc, model=model, optimizer=optimizer, loss_fn=loss,
                        stream=MemoryStream(batches), iterate=iter, schedule=Schedule(len(batches), 1, 1000, 0.0),
                        opt=opt_cfg, part="all", to_full=lambda z: raw.classifier.to_full_logits(z, classes),
                        stage_index=0, stage_name="bench", log_every=50,
                        on_log=lambda r: None, progress_bar=False)
-    bare_opt = build_optimizer(list(bare.parameters()), opt_cfg)
+    bare_opt = build_optimizer([p for p in bare.parameters()], opt_cfg)
     return acc, ctx, bare, bare_opt
 
 
 def compare(model_cfg: dict, *, batch: int, size: int, steps: int, repeats: int, precision: str,
-            classes: int = 10) -> dict:
+            classes: int = 10, compiled: bool = False) -> dict:
     from trainer.loop import train_epoch
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     batches = make_batches(steps, batch, size, classes, device)
-    acc, ctx, bare, bare_opt = trainer_setup(model_cfg, batches, precision, classes)
+    acc, ctx, bare, bare_opt = trainer_setup(model_cfg, batches, precision, classes, compiled)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(acc.mixed_precision)
     # Warm up both (allocator, cuDNN autotuning, first-call costs).
     train_epoch(ctx, 0)
@@ -144,20 +149,22 @@ def peak_tflops(name: str) -> float | None:
     return None
 
 
-def gpu_throughput(steps: int, repeats: int, batch: int) -> dict:
+def gpu_throughput(steps: int, repeats: int, batch: int, compiled: bool = False) -> dict:
     model_cfg = {"name": "shake_shake", "depth": 26, "width": 32}
-    res = compare(model_cfg, batch=batch, size=56, steps=steps, repeats=repeats, precision="bf16")
+    res = compare(model_cfg, batch=batch, size=56, steps=steps, repeats=repeats, precision="bf16",
+                  compiled=compiled)
     flops = train_flops_per_image(model_cfg, 56, torch.device("cuda"), torch.bfloat16)
     name = torch.cuda.get_device_name()
     peak = peak_tflops(name)
     achieved = flops * res["trainer_images_per_s"] / 1e12
-    res.update({"gpu": name, "train_gflops_per_image": flops / 1e9, "achieved_tflops": achieved,
+    res.update({"gpu": name, "compile": compiled, "train_gflops_per_image": flops / 1e9, "achieved_tflops": achieved,
                 "peak_bf16_tflops": peak, "mfu": achieved / peak if peak else None})
     return res
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainer bench", description=__doc__.split("\n\n")[0])
+def step_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m trainer bench step",
+                                description="The trainer's training step against a bare loop on in-memory batches.")
     p.add_argument("--model", default="shake_shake", help="model name (default shake_shake)")
     p.add_argument("--depth", type=int, default=8)
     p.add_argument("--width", type=int, default=16)
@@ -166,28 +173,76 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20, help="steps per timed epoch")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--precision", default="auto", choices=["auto", "no", "bf16", "fp16"])
-    p.add_argument("--gpu-batch", type=int, default=512, help="batch for the CUDA Shake-Shake-26 run")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     a = p.parse_args(argv)
     if min(a.steps, a.repeats, a.batch, a.size) < 1:
         raise ConfigError("bench: --steps, --repeats, --batch and --size must be >= 1")
-    results = [compare({"name": a.model, "depth": a.depth, "width": a.width}, batch=a.batch, size=a.size,
-                       steps=a.steps, repeats=a.repeats, precision=a.precision)]
-    if torch.cuda.is_available():
-        results.append(gpu_throughput(max(a.steps, 30), a.repeats, a.gpu_batch))
+    r = compare({"name": a.model, "depth": a.depth, "width": a.width}, batch=a.batch, size=a.size,
+                steps=a.steps, repeats=a.repeats, precision=a.precision)
+    if a.json:
+        print(json.dumps([r], indent=1))
+        return 0
+    m = r["model"]
+    print(f"{m['name']}-{m['depth']} w{m['width']}  {r['size']} px  batch {r['batch']}  {r['precision']}  "
+          f"{r['device']} ({r['threads']} threads)  {r['steps']} steps x {r['repeats']} repeats")
+    print(f"  trainer {r['trainer_images_per_s']:10.1f} images/s")
+    print(f"  bare    {r['bare_images_per_s']:10.1f} images/s")
+    print(f"  ratio trainer/bare {r['ratio']:.3f}  (overhead {100 * r['overhead']:+.1f}%; "
+          f"median of adjacent pairs {r['median_pair_ratio']:.3f})")
+    return 0
+
+
+def e2e_main(argv: list[str]) -> int:
+    from trainer.bench_e2e import compare_e2e, format_e2e
+
+    p = argparse.ArgumentParser(prog="python -m trainer bench [e2e]", description=(
+        "The trainer end to end (data, evaluation, checkpoints included) against a plain loop on "
+        "preloaded tensors doing the same steps; alternating runs, ratio of wall times."))
+    p.add_argument("--shards", default="data/mini/shards", help="shard folder (default data/mini/shards)")
+    p.add_argument("--recipe", default="joint_mini", help="a one-stage recipe (default joint_mini)")
+    p.add_argument("--repeats", type=int, default=2, help="trainer/plain pairs timed (after one warm-up run)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("overrides", nargs="*", help="recipe overrides, e.g. stages.0.steps=100")
+    a = p.parse_intermixed_args(argv)
+    if a.repeats < 1:
+        raise ConfigError("bench: --repeats must be >= 1")
+    try:
+        r = compare_e2e(a.recipe, a.shards, a.overrides, a.repeats)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    print(json.dumps(r, indent=1) if a.json else format_e2e(r))
+    return 0
+
+
+def gpu_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m trainer bench gpu",
+                                description="Shake-Shake-26 2x32d at 56 px in bf16 on CUDA: images/s and MFU.")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batch", type=int, nargs="+", default=[128, 512])
+    p.add_argument("--compile", choices=["on", "off", "both"], default="both")
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise ConfigError("bench gpu: needs CUDA")
+    results = [gpu_throughput(a.steps, a.repeats, b, c) for b in a.batch
+               for c in ({"on": [True], "off": [False]}.get(a.compile, [False, True]))]
     if a.json:
         print(json.dumps(results, indent=1))
         return 0
     for r in results:
-        m = r["model"]
-        print(f"{m['name']}-{m['depth']} w{m['width']}  {r['size']} px  batch {r['batch']}  {r['precision']}  "
-              f"{r['device']} ({r['threads']} threads)  {r['steps']} steps x {r['repeats']} repeats")
-        print(f"  trainer {r['trainer_images_per_s']:10.1f} images/s")
-        print(f"  bare    {r['bare_images_per_s']:10.1f} images/s")
-        print(f"  ratio trainer/bare {r['ratio']:.3f}  (overhead {100 * r['overhead']:+.1f}%; "
-              f"median of adjacent pairs {r['median_pair_ratio']:.3f})")
-        if "mfu" in r:
-            mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (unknown peak)"
-            print(f"  {r['gpu']}: {r['train_gflops_per_image']:.2f} GFLOP/image (fwd+bwd), "
-                  f"{r['achieved_tflops']:.1f} TFLOP/s, MFU {mfu}")
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (unknown peak)"
+        print(f"{r['gpu']}: batch {r['batch']} compile {r['compile']}: trainer {r['trainer_images_per_s']:.0f} "
+              f"images/s, bare {r['bare_images_per_s']:.0f} images/s, {r['train_gflops_per_image']:.2f} "
+              f"GFLOP/image, {r['achieved_tflops']:.1f} TFLOP/s, MFU {mfu}")
     return 0
+
+
+MODES = {"e2e": e2e_main, "step": step_main, "gpu": gpu_main}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(argv or [])
+    if argv and argv[0] in MODES:
+        return MODES[argv[0]](argv[1:])
+    return e2e_main(argv)

@@ -49,8 +49,10 @@ def read_progress(run_dir: Path) -> dict | None:
         raise TrainingError(f"{folder / 'progress.json'}: unreadable checkpoint progress: {e}") from None
 
 
-def save(accelerator, run_dir: Path, progress: dict[str, Any]) -> None:
-    """Collective: every rank must call it."""
+def save(accelerator, run_dir: Path, progress: dict[str, Any], model: torch.nn.Module | None = None) -> None:
+    """Collective: every rank must call it. With `model`, every rank also saves its own
+    BatchNorm statistics: without DDP's buffer broadcast they differ between ranks until the
+    end-of-epoch average, and `save_state` keeps only the main process's model."""
     root = checkpoint_dir(run_dir)
     tmp, last, old = root / TMP, root / LAST, root / OLD
     if accelerator.is_main_process:
@@ -58,6 +60,8 @@ def save(accelerator, run_dir: Path, progress: dict[str, Any]) -> None:
         root.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    if model is not None and accelerator.num_processes > 1:
+        torch.save(_bn_buffers(model), tmp / f"bn-rank{accelerator.process_index}.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_atomic(tmp / "progress.json", json.dumps(progress, indent=1))
@@ -80,12 +84,20 @@ def check_compatible(progress: dict, expected: dict, folder: Path) -> None:
                                 f"{got!r}, this run builds {want!r})")
 
 
-def load(accelerator, folder: Path) -> None:
+def load(accelerator, folder: Path, model: torch.nn.Module | None = None) -> None:
     try:
         accelerator.load_state(str(folder))
     except (RuntimeError, KeyError, ValueError) as e:
         raise TrainingError(f"{folder}: cannot load checkpoint into this model: "
                             f"{str(e).splitlines()[0]}") from None
+    own = folder / f"bn-rank{accelerator.process_index}.pt"
+    if model is not None and accelerator.num_processes > 1 and own.is_file():
+        model.load_state_dict(torch.load(own, map_location=accelerator.device, weights_only=True), strict=False)
+
+
+def _bn_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()
+            if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
 
 
 def model_signature(model, cfg_model: dict, head_classes: list[int]) -> dict:

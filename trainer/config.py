@@ -59,7 +59,9 @@ def load_config(recipe: str, overrides: list[str] = ()) -> dict:
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> None:
-    """`a.b.0.c=value` sets raw["a"]["b"][0]["c"]; the value is parsed as YAML (so 3 is an int)."""
+    """`a.b.0.c=value` sets raw["a"]["b"][0]["c"]; the value is parsed as YAML (so 3 is an int).
+    A length given on the command line (`stages.0.epochs=2`) replaces the recipe's length, in
+    whichever unit the recipe gave it (`steps: 540`)."""
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
@@ -70,6 +72,11 @@ def apply_overrides(raw: dict, overrides: list[str]) -> None:
             value = text
         if isinstance(value, (list, dict)) and text.strip()[:1] not in ("[", "{"):
             value = text  # `-` or `a: b` meant as a plain string, not YAML block syntax
+        parent, _, last = key.rpartition(".")
+        if last in LENGTHS and value is not None:
+            for other in LENGTHS:
+                if other != last:
+                    set_dotted(raw, f"{parent}.{other}", None)
         set_dotted(raw, key, value)
 
 
@@ -200,8 +207,9 @@ def validate(raw: dict, source: str = "recipe") -> dict:
 def _check_semantics(cfg: dict) -> None:
     """Checks that need more than one key; the ones that need the shards are in trainer.spec."""
     data = cfg["data"]
-    if isinstance(data["input_size"], str) and data["input_size"] != "auto":
-        raise ConfigError(f"data.input_size: expected a number of pixels or auto, got {data['input_size']!r}")
+    for key in ("input_size", "tta"):
+        if isinstance(data[key], str) and data[key] != "auto":
+            raise ConfigError(f"data.{key}: expected a number or auto, got {data[key]!r}")
     for key in ("input_size", "batch_size", "eval_batch_size", "tta", "dali_threads"):
         if isinstance(data[key], int) and data[key] < 1:
             raise ConfigError(f"data.{key}: must be >= 1, got {data[key]}")

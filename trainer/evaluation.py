@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from trainer.metrics import evaluate
-from trainer.scoring import Scorer
+from trainer.scoring import Scorer, score_views
 from trainer.streams import Streams
 
 
@@ -29,10 +29,10 @@ class Evaluator:
     """Evaluation of one run's models on its splits, for this rank (collective over ranks)."""
 
     def __init__(self, accelerator, streams: Streams, *, num_classes: int, train_counts: np.ndarray,
-                 groups: dict | None, tta: int) -> None:
+                 groups: dict | None, views: tuple[str, ...]) -> None:
         self.accelerator, self.streams = accelerator, streams
         self.num_classes, self.train_counts = num_classes, np.asarray(train_counts)
-        self.groups, self.tta = groups, tta
+        self.groups, self.views = groups, views
         self._streams: dict[str, object] = {}
 
     def stream(self, split: str):
@@ -41,19 +41,21 @@ class Evaluator:
             self._streams[split] = self.streams.eval(split)
         return self._streams[split]
 
-    def scorer(self, model: nn.Module, classifier: nn.Module | None = None, *, tta: int | None = None) -> Scorer:
-        net = self.accelerator.unwrap_model(model)
-        return Scorer(net, classifier, self.tta if tta is None else tta, self.num_classes)
-
     def outputs(self, model: nn.Module, split: str, *, classifier: nn.Module | None = None,
                 features: bool = False) -> Outputs:
         """Scores (with the run's TTA, or one view when `features`) of every sample of `split`."""
-        scorer = self.scorer(model, classifier, tta=1 if features else None)
-        rows = self._run(scorer, self.stream(split), features)
+        return self.outputs_all(model, split, {"_": classifier}, features=features)["_"]
+
+    def outputs_all(self, model: nn.Module, split: str, classifiers: dict[str, nn.Module | None], *,
+                    features: bool = False) -> dict[str, Outputs]:
+        """`outputs` of several classifiers (None: the model's head) from one backbone pass per view."""
+        net = self.accelerator.unwrap_model(model)
+        clfs = {k: Scorer(net, c, 1, self.num_classes).classifier for k, c in classifiers.items()}
+        rows = self._run(net, clfs, self.stream(split), ("identity",) if features else self.views, features)
         rows = _gather(self.accelerator, rows)
         keep = _dedupe(rows["ids"])
-        return Outputs(ids=rows["ids"][keep], labels=rows["labels"][keep], logits=rows["logits"][keep],
-                       features=rows["features"][keep] if features else None)
+        return {k: Outputs(ids=rows["ids"][keep], labels=rows["labels"][keep], logits=rows[f"logits/{k}"][keep],
+                           features=rows["features"][keep] if features else None) for k in clfs}
 
     def score(self, logits: np.ndarray, labels: np.ndarray) -> dict:
         """The EVAL dict (trainer.metrics.evaluate) with the run's groups."""
@@ -61,30 +63,34 @@ class Evaluator:
                         groups=self.groups)
 
     def evaluate(self, model: nn.Module, split: str, classifier: nn.Module | None = None) -> dict:
-        out = self.outputs(model, split, classifier=classifier)
-        return self.score(out.logits, out.labels)
+        return self.evaluate_all(model, split, {"_": classifier})["_"]
 
-    def _run(self, scorer: Scorer, stream, features: bool) -> dict[str, torch.Tensor]:
+    def evaluate_all(self, model: nn.Module, split: str, classifiers: dict[str, nn.Module | None]) -> dict[str, dict]:
+        """{name: EVAL} of several classifiers on one split (None: the model's own head)."""
+        return {k: self.score(o.logits, o.labels) for k, o in self.outputs_all(model, split, classifiers).items()}
+
+    def _run(self, net: nn.Module, clfs: dict[str, nn.Module], stream, views: tuple[str, ...],
+             features: bool) -> dict[str, torch.Tensor]:
         acc, device = self.accelerator, self.accelerator.device
-        was_training = scorer.model.training
-        scorer.eval()
+        was_training = net.training
+        net.eval()
         stream.set_epoch(0, 0)
-        cols: dict[str, list] = {"ids": [], "labels": [], "logits": [], "features": []}
+        cols: dict[str, list] = {"ids": [], "labels": [], "features": [], **{f"logits/{k}": [] for k in clfs}}
         with torch.no_grad(), acc.autocast():
             for images, labels, ids in self.streams.iterate(stream):
                 images = images.to(device, non_blocking=True)
                 if features:
-                    f = scorer.features(images)
-                    cols["features"].append(f.float())
-                    cols["logits"].append(scorer.classifier(f).float())
+                    cols["features"].append(net.features(images).float())
+                    scores = [c(cols["features"][-1]).float() for c in clfs.values()]
                 else:
-                    cols["logits"].append(scorer(images))
+                    scores = score_views(net, list(clfs.values()), images, views)
+                for k, sc in zip(clfs, scores):
+                    cols[f"logits/{k}"].append(sc)
                 cols["labels"].append(labels.to(device))
                 cols["ids"].append(ids.to(device))
-        scorer.model.train(was_training)
-        empty = {"ids": (0,), "labels": (0,), "logits": (0, self.num_classes),
-                 "features": (0, scorer.model.feature_dim)}
-        return {k: torch.cat(v) if v else torch.zeros(empty[k], device=device,
+        net.train(was_training)
+        shapes = {"ids": (0,), "labels": (0,), "features": (0, net.feature_dim)}
+        return {k: torch.cat(v) if v else torch.zeros(shapes.get(k, (0, self.num_classes)), device=device,
                                                      dtype=torch.long if k in ("ids", "labels") else torch.float32)
                 for k, v in cols.items() if features or k != "features"}
 

@@ -43,7 +43,8 @@ def load_scorer(run_dir: Path, classifier: str = MODEL) -> tuple[Scorer, dict]:
     model, info = checkpoint.load_weights(folder)
     clf = None if classifier == MODEL else load_classifier(folder, classifier, model.feature_dim,
                                                            info["num_classes"])
-    return Scorer(model, clf, info["tta"], info["num_classes"]).eval(), info
+    views = info["tta_views"] if "tta_views" in info else info["tta"]   # run folders before tta views
+    return Scorer(model, clf, views, info["num_classes"]).eval(), info
 
 
 def evaluate_run(run_dir: str | Path, split: str = "val", as_json: bool = False,

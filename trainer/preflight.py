@@ -15,9 +15,25 @@ from trainer.spec import RecipeSpec, resolve
 from trainer.streams import Streams, choose_loader, per_rank_batch
 
 
+@dataclass(frozen=True)
+class SpeedSpec:
+    """The recipe's `speed` section, resolved for this device (auto: on CUDA only)."""
+    channels_last: bool
+    compile: bool
+    cudnn_benchmark: bool
+    sgd: str            # auto | foreach | fused | plain (trainer.stages.build_optimizer)
+    sync_bn: bool
+
+    @classmethod
+    def resolve(cls, speed: dict, cuda: bool) -> "SpeedSpec":
+        on = lambda v: cuda if v == "auto" else bool(v)  # noqa: E731
+        return cls(on(speed["channels_last"]), on(speed["compile"]), on(speed["cudnn_benchmark"]),
+                   speed["sgd"], bool(speed["sync_bn"]))
+
+
 def make_accelerator(cfg: dict, run_dir: Path, trackers: bool = True):
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
     cuda = torch.cuda.is_available()
     precision = cfg["optim"]["precision"]
@@ -26,9 +42,12 @@ def make_accelerator(cfg: dict, run_dir: Path, trackers: bool = True):
     if not cuda and precision == "fp16":
         raise ConfigError("optim.precision: fp16 needs CUDA; use no or bf16 on the CPU")
     project = ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir))
+    # No buffer broadcast before every forward: BatchNorm statistics are averaged over the ranks
+    # after each epoch (run.average_batchnorm_stats) and saved per rank in checkpoints.
+    ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
     # cpu=True without CUDA: otherwise two CPU processes each believe they are rank 0 of 1.
     return Accelerator(cpu=not cuda, mixed_precision=precision, project_config=project,
-                       log_with="tensorboard" if trackers else None)
+                       log_with="tensorboard" if trackers else None, kwargs_handlers=[ddp])
 
 
 def open_shards(cfg: dict) -> ClassIndex:
@@ -71,6 +90,7 @@ class Setup:
     recipe: RecipeSpec
     accelerator: object
     streams: Streams
+    speed: SpeedSpec
 
     @property
     def main(self) -> bool:
@@ -98,4 +118,7 @@ def prepare(cfg: dict, *, trackers: bool = True, check_run: bool = True) -> Setu
                 streams.open(split, StreamSpec.sequential(1, recipe.input_size))
     for stage in recipe.stages:  # every stage's batch must split over the ranks
         per_rank_batch(data["batch_size"], acc.num_processes, stage.optim.grad_accum)
-    return Setup(cfg, run_dir, index, recipe, acc, streams)
+    speed = SpeedSpec.resolve(cfg["speed"], acc.device.type == "cuda")
+    if speed.cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True   # fixed chip size: the autotuned kernels stay valid
+    return Setup(cfg, run_dir, index, recipe, acc, streams, speed)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,7 +60,7 @@ class Run:
         return stage_dir(self.setup.run_dir, self.setup.recipe.stages[i].name, i)
 
     def log(self, record: dict) -> None:
-        self.history.write(record)
+        self.history.write({**record, "time": round(time.time(), 2)})
         scalars = {f"{record['kind']}/{k}": v for k, v in record.items()
                    if isinstance(v, float) and k not in ("stage", "epoch", "step")}
         self.accelerator.log(scalars, step=record.get("global_step", self.global_step))
@@ -72,7 +73,7 @@ def stage_dir(run_dir: Path, name: str, i: int) -> Path:
 def make_evaluator(setup: Setup) -> Evaluator:
     return Evaluator(setup.accelerator, setup.streams, num_classes=setup.recipe.num_classes,
                      train_counts=setup.index.split("train").class_counts(),
-                     groups=setup.cfg["eval"]["groups"], tta=setup.cfg["data"]["tta"])
+                     groups=setup.cfg["eval"]["groups"], views=setup.recipe.tta_views)
 
 
 def new_model(setup: Setup) -> torch.nn.Module:
@@ -80,7 +81,10 @@ def new_model(setup: Setup) -> torch.nn.Module:
     set_seed(setup.cfg["seed"])
     model = build_model(setup.recipe.model, setup.recipe.num_classes)
     set_seed(setup.cfg["seed"], device_specific=True)  # each rank its own Shake-Shake draws
-    return model.to(setup.accelerator.device)
+    if setup.speed.sync_bn and setup.accelerator.num_processes > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    memory = torch.channels_last if setup.speed.channels_last else torch.contiguous_format
+    return model.to(setup.accelerator.device, memory_format=memory)
 
 
 # ---------------------------------------------------------------- entry points
@@ -150,21 +154,23 @@ def run_stage(run: Run, stage: StageSpec, progress: dict | None) -> bool:
         apply_head(run.model, stage, run.num_classes)  # the checkpoint holds the restored rows
     params = set_trainable(run.model, stage.train)
     acc.free_memory()  # forget the previous stage's model/optimizer (save_state saves all registered)
-    model, optimizer = acc.prepare(run.model, build_optimizer(params, stage.optim, run.cfg["speed"]["sgd"]))
+    model, optimizer = acc.prepare(run.model, build_optimizer(params, stage.optim, run.setup.speed.sgd))
+    if run.setup.speed.compile:   # after DDP wrapping; evaluation uses the plain module
+        model = torch.compile(model)
     ctx = _epoch_context(run, stage, model, optimizer)
     signature = checkpoint.model_signature(run.model, run.setup.recipe.model, run.model.classifier.classes)
     epoch, batch, best = 0, 0, progress.get("best") if progress else None
     if progress:
         folder = checkpoint.latest(run.setup.run_dir)
         checkpoint.check_compatible(progress, signature, folder)
-        checkpoint.load(acc, folder)
+        checkpoint.load(acc, folder, run.model)
         epoch, batch = progress["epoch"], progress["batch"]
 
     def save(epoch: int, batch: int) -> None:
         checkpoint.save(acc, run.setup.run_dir, {
             "stage": i, "stage_name": stage.name, "epoch": epoch, "batch": batch,
             "global_step": ctx.global_step, "best": best, "history_lines": run.history.lines,
-            "model_signature": signature})
+            "model_signature": signature}, run.model)
 
     while epoch < stage.epochs:
         if hasattr(ctx.loss_fn, "set_epoch"):
@@ -311,7 +317,7 @@ def head_info(run: Run) -> dict:
     train = run.setup.index.split("train")
     return {"classes": run.model.classifier.classes, "class_names": list(run.setup.index.classes),
             "num_classes": run.num_classes, "model": run.setup.recipe.model,
-            "input_size": run.setup.recipe.input_size, "tta": run.cfg["data"]["tta"],
+            "input_size": run.setup.recipe.input_size, "tta_views": list(run.setup.recipe.tta_views),
             "pixel_mean": float(train.pixel_mean), "pixel_std": float(train.pixel_std),
             "classifiers": sorted(run.fitted)}
 

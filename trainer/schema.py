@@ -43,8 +43,8 @@ SAMPLER = {
 }
 AUGMENT = {
     "rotate": field(str, "none", ["none", "free", "right"]),
-    "hflip": field(bool, False),
-    "vflip": field(bool, False),
+    "hflip": auto_bool(False),        # auto: when the mirror keeps the radar's look direction
+    "vflip": auto_bool(False),
     "crop_scale": field(list, [1.0, 1.0], item_type=float),
     "translate": field(int, 0),
     "speckle": field(float, 0.0),
@@ -110,7 +110,7 @@ SCHEMA = {
         "num_workers": field(int, 2),
         "loader": field(str, "auto", ["auto", "resident", "torch", "dali"]),
         "dali_threads": field(int, 4),
-        "tta": field(int, 1),
+        "tta": field((int, str), 1),   # views: a number (the first n dihedral views) or auto
     },
     "model": {
         "name": field(str, "shake_shake"),     # checked by trainer.models.build_model
@@ -120,7 +120,7 @@ SCHEMA = {
     },
     "optim": OPTIM,
     "speed": {
-        "channels_last": auto_bool(),     # auto: on CUDA
+        "channels_last": auto_bool(True), # faster on CUDA and, for these models, on the CPU too
         "compile": auto_bool(False),      # torch.compile of the model (one compile per stage)
         "cudnn_benchmark": auto_bool(),
         "sgd": field(str, "auto", ["auto", "foreach", "fused", "plain"]),

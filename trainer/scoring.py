@@ -3,12 +3,17 @@
 A classifier maps features [B, D] to logits over ALL classes [B, C] (classes it does not
 predict get -inf). The model's own head is wrapped by `FullLogits`; the post-hoc classifiers
 (cRT, τ-norm, LWS heads, NCM) are built that way already. Evaluation, `predict`, the report
-and export all score through `Scorer`, so a number in metrics.json and a results.csv come from
-the same computation.
+and export all score through `Scorer` / `score_views`, so a number in metrics.json and a
+results.csv come from the same computation.
+
+TTA views are named. `tta: auto` in a recipe means the identity plus the mirror images that
+keep the radar's look direction (datasets.geometry); an integer n means the first n of
+DIHEDRAL (n = 3 is the seed's identity/hflip/vflip).
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +21,18 @@ from torch import nn
 
 from trainer.errors import ConfigError
 from trainer.models.heads import Head
+
+DIHEDRAL = ("identity", "hflip", "vflip", "rot180", "transpose", "rot90", "rot270", "anti_transpose")
+_VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "identity": lambda x: x,
+    "hflip": lambda x: x.flip(-1),
+    "vflip": lambda x: x.flip(-2),
+    "rot180": lambda x: x.flip(-2, -1),
+    "transpose": lambda x: x.transpose(-2, -1),
+    "rot90": lambda x: x.transpose(-2, -1).flip(-1),
+    "rot270": lambda x: x.transpose(-2, -1).flip(-2),
+    "anti_transpose": lambda x: x.transpose(-2, -1).flip(-2, -1),
+}
 
 
 class FullLogits(nn.Module):
@@ -29,42 +46,59 @@ class FullLogits(nn.Module):
         return self.head.to_full_logits(self.head(features).float(), self.num_classes)
 
 
-def tta_views(x: torch.Tensor, n: int) -> list[torch.Tensor]:
-    """The first n of: identity, hflip, vflip, rot180, transpose, rot90, rot270, anti-transpose
-    (n = 3 is the seed's identity/hflip/vflip). Views past the flips change the radar's look
-    direction; recipes keep tta within what their augmentation trained on."""
-    if not 1 <= n <= 8:
-        raise ConfigError(f"tta: number of views must be 1..8, got {n}")
-    t = x.transpose(-2, -1)
-    views = [x, x.flip(-1), x.flip(-2), x.flip(-2, -1), t, t.flip(-1), t.flip(-2), t.flip(-2, -1)]
-    return views[:n]
+def view_names(tta: int | Sequence[str]) -> tuple[str, ...]:
+    """An int n -> the first n dihedral views; names are checked."""
+    if isinstance(tta, int):
+        if not 1 <= tta <= len(DIHEDRAL):
+            raise ConfigError(f"tta: number of views must be 1..{len(DIHEDRAL)}, got {tta}")
+        return DIHEDRAL[:tta]
+    names = tuple(tta)
+    bad = [v for v in names if v not in _VIEWS]
+    if bad or not names:
+        raise ConfigError(f"tta: unknown views {bad or names}; valid: {', '.join(DIHEDRAL)}")
+    return names
+
+
+def tta_views(x: torch.Tensor, tta: int | Sequence[str]) -> list[torch.Tensor]:
+    return [_VIEWS[v](x) for v in view_names(tta)]
 
 
 @torch.no_grad()
-def tta_logits(score, x: torch.Tensor, n: int) -> torch.Tensor:
-    """log of the mean softmax probability of `score(view)` over n views (n = 1: log-softmax)."""
-    logp = torch.stack([F.log_softmax(score(v).float(), dim=1) for v in tta_views(x, n)])
-    return torch.logsumexp(logp, dim=0) - math.log(n)
+def tta_logits(score, x: torch.Tensor, tta: int | Sequence[str]) -> torch.Tensor:
+    """log of the mean softmax probability of `score(view)` over the views (one view: log-softmax)."""
+    views = tta_views(x, tta)
+    logp = torch.stack([F.log_softmax(score(v).float(), dim=1) for v in views])
+    return torch.logsumexp(logp, dim=0) - math.log(len(views))
+
+
+def score_views(model: nn.Module, classifiers: Sequence[nn.Module], x: torch.Tensor,
+                views: Sequence[str]) -> list[torch.Tensor]:
+    """Scores of several classifiers on the same backbone features (one backbone pass per view):
+    a classifier's logits for one view, else the log of its mean softmax over the views."""
+    feats = [model.features(v) for v in tta_views(x, views)]
+    out = []
+    for clf in classifiers:
+        if len(feats) == 1:
+            out.append(clf(feats[0]).float())
+            continue
+        logp = torch.stack([F.log_softmax(clf(f).float(), dim=1) for f in feats])
+        out.append(torch.logsumexp(logp, dim=0) - math.log(len(feats)))
+    return out
 
 
 class Scorer(nn.Module):
-    """x -> scores over all classes: `classifier(model.features(view))`, and with tta > 1 the
-    log of the mean softmax probability over the views (tta = 1: the classifier's logits)."""
+    """x -> scores over all classes of `classifier(model.features(view))` with the TTA views."""
 
-    def __init__(self, model: nn.Module, classifier: nn.Module | None = None, tta: int = 1,
-                 num_classes: int | None = None) -> None:
+    def __init__(self, model: nn.Module, classifier: nn.Module | None = None,
+                 views: int | Sequence[str] = 1, num_classes: int | None = None) -> None:
         super().__init__()
         self.model = model
         if classifier is None:
             classifier = FullLogits(model.classifier, num_classes or max(model.classifier.classes) + 1)
-        self.classifier, self.tta = classifier, tta
-        tta_views(torch.zeros(1, 1, 2, 2), tta)  # check n now
+        self.classifier, self.views = classifier, view_names(views)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.features(x)
 
-    def single(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.model.features(x)).float()
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.single(x) if self.tta == 1 else tta_logits(self.single, x, self.tta)
+        return score_views(self.model, [self.classifier], x, self.views)[0]

@@ -15,12 +15,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from datasets.augment import AugmentSpec
+from datasets.geometry import range_axis, safe_flips
 from datasets.sampling import SamplingSpec
+from datasets.stream_spec import StreamSpec, open_split
 from shards.errors import DataError
 from shards.index import ClassIndex
 from trainer.schema import LENGTHS
 from trainer.errors import ConfigError
 from trainer.losses import build_loss
+from trainer.scoring import view_names
 
 REBALANCING_KINDS = ("class", "sqrt", "progressive")
 REBALANCING_LOSSES = ("cb", "balanced_softmax")
@@ -84,18 +87,22 @@ class RecipeSpec:
     head_training: dict[str, HeadTrainingSpec]   # crt, lws
     ncm_metric: str
     taus: tuple[float, ...]
+    tta_views: tuple[str, ...]         # evaluation views (trainer.scoring)
+    range_axis: str                    # horizontal | vertical | unknown | unchecked (datasets.geometry)
     notes: tuple[str, ...]             # warnings worth printing at the start (double correction)
 
 
 def resolve(cfg: dict, index: ClassIndex) -> RecipeSpec:
     """The recipe against these shards; ConfigError naming the key on any inconsistency."""
     counts = index.split("train").class_counts()
-    n = index.num_classes
+    n, size = index.num_classes, input_size(cfg["data"]["input_size"], index)
+    axis = _range_axis(cfg, index, size)
     stages, notes, head = [], [], list(range(n))
     for i, st in enumerate(cfg["stages"]):
+        st = {**st, "augment": _flips(st["augment"], axis)}
         stage, head = _stage(cfg, i, st, head, counts)
         stages.append(stage)
-        notes += _double_correction(f"stages.{i}", st)
+        notes += _double_correction(f"stages.{i}", st) + _turns_the_radar(f"stages.{i}", st, axis)
     model = dict(cfg["model"])
     if model["head"] == "auto":
         model["head"] = "cosine" if any(s.loss.get("name") == "ldam" for s in stages) else "linear"
@@ -106,11 +113,14 @@ def resolve(cfg: dict, index: ClassIndex) -> RecipeSpec:
                               "linear head; the model's head is cosine (model.head, or auto with an "
                               "ldam loss), whose rows are unit vectors")
     post = cfg["posthoc"]
+    tta = cfg["data"]["tta"]
+    views = ("identity", *[v for v, on in zip(("hflip", "vflip"), safe_flips(axis)) if on]) if tta == "auto" \
+        else view_names(tta)
     return RecipeSpec(
-        num_classes=n, input_size=input_size(cfg["data"]["input_size"], index), model=model,
+        num_classes=n, input_size=size, model=model,
         stages=tuple(stages),
         head_training={k: _head_training(k, post[k], counts, cfg["data"]["batch_size"]) for k in ("crt", "lws")},
-        ncm_metric=post["ncm"]["metric"],
+        ncm_metric=post["ncm"]["metric"], tta_views=views, range_axis=axis,
         taus=tuple(float(t) for t in np.round(np.arange(0.0, post["tau_norm"]["max"] + 1e-9,
                                                          post["tau_norm"]["step"]), 6)),
         notes=tuple(notes))
@@ -128,6 +138,30 @@ def input_size(value: int | str, index: ClassIndex) -> int:
     values, weights = zip(*sorted(sides))
     median = values[int(np.searchsorted(np.cumsum(weights), sum(weights) / 2))]
     return median if median < 16 else median // 8 * 8
+
+
+def _range_axis(cfg: dict, index: ClassIndex, size: int) -> str:
+    """The radar's range axis in the train chips, read only when the recipe asks (auto flips,
+    tta: auto, or a rotation to warn about)."""
+    stages = cfg["stages"]
+    if cfg["data"]["tta"] != "auto" and not any(
+            "auto" in (s["augment"]["hflip"], s["augment"]["vflip"]) or s["augment"]["rotate"] != "none"
+            for s in stages):
+        return "unchecked"
+    return range_axis(open_split(index.root, "train", StreamSpec.sequential(1, size)), size)[0]
+
+
+def _flips(augment: dict, axis: str) -> dict:
+    """hflip/vflip: auto -> on when that mirror keeps the radar's look direction."""
+    safe = dict(zip(("hflip", "vflip"), safe_flips(axis)))
+    return {**augment, **{k: safe[k] for k in safe if augment[k] == "auto"}}
+
+
+def _turns_the_radar(where: str, st: dict, axis: str) -> list[str]:
+    if st["augment"]["rotate"] == "none" or axis not in ("horizontal", "vertical"):
+        return []
+    return [f"{where}: augment.rotate={st['augment']['rotate']} turns the radar's look direction, which "
+            f"is fixed in these chips (range axis {axis}); rotation cost 15 points on real SAR (DESIGN §6b)"]
 
 
 def _stage(cfg: dict, i: int, st: dict, head: list[int], counts: np.ndarray) -> tuple[StageSpec, list[int]]:

@@ -54,7 +54,8 @@ def banner(setup, sizes: dict[str, int]) -> dict:
         "run_dir": str(setup.run_dir), "recipe": setup.cfg["run"]["recipe"],
         "world_size": acc.num_processes, "devices": list(devices),
         "precision": acc.mixed_precision, "loader": setup.streams.kind,
-        "input_size": recipe.input_size, "model": recipe.model,
+        "input_size": recipe.input_size, "model": recipe.model, "range_axis": recipe.range_axis,
+        "tta_views": list(recipe.tta_views),
         "split_sizes": sizes, "global_batch": setup.cfg["data"]["batch_size"],
         "stages": [{"name": s.name, "length": s.length, "epochs": s.epochs,
                     "steps_per_epoch": s.steps_per_epoch, "steps": s.total_steps} for s in recipe.stages],
@@ -75,7 +76,8 @@ def format_banner(info: dict) -> str:
              f"precision {info['precision']}, loader {info['loader']}",
              f"  model {info['model']['name']} depth {info['model']['depth']} width {info['model']['width']} "
              f"head {info['model']['head']}, input {info['input_size']} px, global batch {info['global_batch']}",
-             f"  data: {sizes}", f"  stages: {stages}"]
+             f"  data: {sizes}; radar range axis {info['range_axis']}; TTA {'+'.join(info['tta_views'])}",
+             f"  stages: {stages}"]
     lines += [f"  note: {n}" for n in info["notes"]]
     return "\n".join(lines)
 
