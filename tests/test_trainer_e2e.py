@@ -233,3 +233,31 @@ def test_posthoc_classifiers_are_saved_and_predict_matches_metrics(shards, tmp_p
                  "--out", str(tmp_path / "x.csv"), "--classifier", "knn"]) == 2
     err = capsys.readouterr().err
     assert "no classifier 'knn'" in err and "crt" in err and "lws" in err
+    check_export_matches_predict(run, shards.parent / "test_images", tmp_path)
+
+
+def check_export_matches_predict(run: Path, images: Path, tmp_path: Path) -> None:
+    """An exported model (uint8 chips in, class and score out) agrees with `predict --score`."""
+    import numpy as np
+    import torch
+    from torchvision.io import ImageReadMode, decode_png, read_file
+
+    from datasets.augment import to_input
+    from trainer.export import load_exported
+
+    files = sorted(images.glob("SAR_*.png"), key=lambda p: int(p.stem[4:]))
+    size = json.loads((run / "run.json").read_text())["input_size"]
+    chips = torch.stack([to_input(decode_png(read_file(str(f)), mode=ImageReadMode.GRAY), size) for f in files])
+    for name, fmt in (("model", "torchscript"), ("ncm", "onnx"), ("lws", "torchscript")):
+        if fmt == "onnx":
+            pytest.importorskip("onnxruntime")
+        out = tmp_path / f"pred-{name}.csv"
+        assert main(["predict", "--run", str(run), "--images", str(images), "--out", str(out),
+                     "--classifier", name, "--score", "msp"]) == 0
+        rows = list(csv.DictReader(out.open()))
+        assert main(["export", "--run", str(run), "--classifier", name, "--format", fmt]) == 0
+        path = run / "export" / f"model-{name}.{'onnx' if fmt == 'onnx' else 'pt'}"
+        classes, scores = load_exported(path, fmt)(chips.numpy())
+        assert [int(r["class_id"]) for r in rows] == np.asarray(classes).tolist(), (name, fmt)
+        np.testing.assert_allclose(np.asarray(scores, dtype=np.float64), [float(r["score"]) for r in rows],
+                                   atol=1e-4)

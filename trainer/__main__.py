@@ -5,6 +5,7 @@
   evaluate   --run RUN [--split val|test] [--classifier NAME]
   predict    --run RUN --images DIR --out results.csv [--classifier NAME]
   bench      [options]                       trainer overhead vs a bare PyTorch loop
+  export     --run RUN [--classifier NAME] --format onnx|torchscript [--score msp|energy|max_logit]
   report     → trainer.report.main            compare → trainer.compare.main
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ CLASSIFIER_HELP = ("model (the final stage's head, default) or a post-hoc classi
                    "crt, ncm, tau_norm, lws")
 USAGE = ("usage: python -m trainer [train] --config RECIPE [key=value ...]\n"
          "       python -m trainer {resume RUN | evaluate --run RUN [--split S] | "
-         "predict --run RUN --images DIR --out CSV | bench | report ... | compare ...}")
+         "predict --run RUN --images DIR --out CSV | export --run RUN | bench | report ... | compare ...}")
 
 
 def _train(argv: list[str]) -> int:
@@ -61,10 +62,12 @@ def _predict(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="results.csv (image_id,class_id)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--classifier", default="model", help=CLASSIFIER_HELP)
+    p.add_argument("--score", choices=["msp", "energy", "max_logit"], default=None,
+                   help="add a score column: how likely the chip is a known class (higher = more)")
     a = p.parse_args(argv)
     from trainer.predict import predict
 
-    return predict(a.run, a.images, a.out, batch_size=a.batch_size, classifier=a.classifier)
+    return predict(a.run, a.images, a.out, batch_size=a.batch_size, classifier=a.classifier, score=a.score)
 
 
 def _bench(argv: list[str]) -> int:
@@ -82,7 +85,8 @@ def _delegate(module: str):
 
 
 HANDLERS = {"train": _train, "resume": _resume, "evaluate": _evaluate, "predict": _predict,
-            "bench": _bench, "report": _delegate("trainer.report"), "compare": _delegate("trainer.compare")}
+            "bench": _bench, "report": _delegate("trainer.report"), "compare": _delegate("trainer.compare"),
+            "export": _delegate("trainer.export")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from trainer.metrics import evaluate
+from trainer.ood import ood_metrics
 from trainer.scoring import Scorer, score_views
 from trainer.streams import Streams
 
@@ -23,6 +24,7 @@ class Outputs:
     labels: np.ndarray
     logits: np.ndarray           # [N, num_classes], classes a classifier does not predict are -inf
     features: np.ndarray | None  # [N, D] (one unaugmented view) when requested
+    mean_logits: np.ndarray | None = None   # logits averaged over the TTA views (OOD scores)
 
 
 class Evaluator:
@@ -47,15 +49,17 @@ class Evaluator:
         return self.outputs_all(model, split, {"_": classifier}, features=features)["_"]
 
     def outputs_all(self, model: nn.Module, split: str, classifiers: dict[str, nn.Module | None], *,
-                    features: bool = False) -> dict[str, Outputs]:
+                    features: bool = False, mean_logits: bool = False) -> dict[str, Outputs]:
         """`outputs` of several classifiers (None: the model's head) from one backbone pass per view."""
         net = self.accelerator.unwrap_model(model)
         clfs = {k: Scorer(net, c, 1, self.num_classes).classifier for k, c in classifiers.items()}
-        rows = self._run(net, clfs, self.stream(split), ("identity",) if features else self.views, features)
+        rows = self._run(net, clfs, self.stream(split), ("identity",) if features else self.views,
+                         features, mean_logits)
         rows = _gather(self.accelerator, rows)
         keep = _dedupe(rows["ids"])
         return {k: Outputs(ids=rows["ids"][keep], labels=rows["labels"][keep], logits=rows[f"logits/{k}"][keep],
-                           features=rows["features"][keep] if features else None) for k in clfs}
+                           features=rows["features"][keep] if features else None,
+                           mean_logits=rows[f"mean/{k}"][keep] if mean_logits else None) for k in clfs}
 
     def score(self, logits: np.ndarray, labels: np.ndarray) -> dict:
         """The EVAL dict (trainer.metrics.evaluate) with the run's groups."""
@@ -69,22 +73,36 @@ class Evaluator:
         """{name: EVAL} of several classifiers on one split (None: the model's own head)."""
         return {k: self.score(o.logits, o.labels) for k, o in self.outputs_all(model, split, classifiers).items()}
 
+    def ood(self, model: nn.Module, known: str, classifiers: dict[str, nn.Module | None],
+            unknown: str = "ood") -> dict:
+        """AUROC and FPR at 95% TPR of every OOD score, known chips of split `known` against the
+        chips of split `unknown`: {"known_split", name: {score: {"auroc", "fpr95"}}}."""
+        a = self.outputs_all(model, known, classifiers, mean_logits=True)
+        b = self.outputs_all(model, unknown, classifiers, mean_logits=True)
+        return {"known_split": known, "unknown_split": unknown, "num_unknown": int(len(b[next(iter(b))].ids)),
+                **{k: ood_metrics(a[k].mean_logits, b[k].mean_logits) for k in classifiers}}
+
     def _run(self, net: nn.Module, clfs: dict[str, nn.Module], stream, views: tuple[str, ...],
-             features: bool) -> dict[str, torch.Tensor]:
+             features: bool, mean_logits: bool = False) -> dict[str, torch.Tensor]:
         acc, device = self.accelerator, self.accelerator.device
         was_training = net.training
         net.eval()
         stream.set_epoch(0, 0)
-        cols: dict[str, list] = {"ids": [], "labels": [], "features": [], **{f"logits/{k}": [] for k in clfs}}
+        cols: dict[str, list] = {"ids": [], "labels": [], "features": [], **{f"logits/{k}": [] for k in clfs},
+                                 **({f"mean/{k}": [] for k in clfs} if mean_logits else {})}
         with torch.no_grad(), acc.autocast():
             for images, labels, ids in self.streams.iterate(stream):
                 images = images.to(device, non_blocking=True)
                 if features:
                     cols["features"].append(net.features(images).float())
                     scores = [c(cols["features"][-1]).float() for c in clfs.values()]
+                    scores = [(s, s) for s in scores] if mean_logits else scores
                 else:
-                    scores = score_views(net, list(clfs.values()), images, views)
+                    scores = score_views(net, list(clfs.values()), images, views, mean_logits=mean_logits)
                 for k, sc in zip(clfs, scores):
+                    if mean_logits:
+                        sc, mean = sc
+                        cols[f"mean/{k}"].append(mean)
                     cols[f"logits/{k}"].append(sc)
                 cols["labels"].append(labels.to(device))
                 cols["ids"].append(ids.to(device))

@@ -22,7 +22,8 @@ from trainer.evaluation import Evaluator
 from trainer.posthoc import load_classifier
 from trainer.preflight import prepare
 from trainer.run import make_evaluator, stage_dir
-from trainer.scoring import Scorer
+from trainer.ood import SCORES, ood_score
+from trainer.scoring import Scorer, score_views
 from trainer.summary import print_table
 
 IMAGE_NAME = re.compile(r"^SAR_(\d+)\.png$")
@@ -59,10 +60,13 @@ def evaluate_run(run_dir: str | Path, split: str = "val", as_json: bool = False,
     scorer.to(setup.accelerator.device)
     evaluator: Evaluator = make_evaluator(setup)
     ev = evaluator.evaluate(scorer.model, split, scorer.classifier)
+    final = {split: ev}
+    if "ood" in setup.index.splits and split != "ood":
+        ev["ood"] = final["ood"] = evaluator.ood(scorer.model, split, {classifier: scorer.classifier})
     if as_json:
         print(json.dumps(ev))
     elif setup.main:
-        print_table({f"{run_dir.name}/{classifier}": {"final": {split: ev}}})
+        print_table({f"{run_dir.name}/{classifier}": {"final": final}})
     return 0
 
 
@@ -88,20 +92,26 @@ def load_batch(paths: list[Path], size: int, norm: Normalizer) -> torch.Tensor:
 
 
 def predict(run_dir: str | Path, images: str | Path, out: str | Path, batch_size: int = 256,
-            classifier: str = MODEL) -> int:
-    """results.csv in the NTIRE format: image_id,class_id (image_id from SAR_<id>.png)."""
+            classifier: str = MODEL, score: str | None = None) -> int:
+    """results.csv in the NTIRE format: image_id,class_id (image_id from SAR_<id>.png), plus a
+    `score` column (trainer.ood: higher = more likely a known class) when `score` is given."""
+    if score is not None and score not in SCORES:
+        raise ConfigError(f"--score: unknown {score!r}; valid: {', '.join(SCORES)}")
     scorer, info = load_scorer(Path(run_dir), classifier)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     scorer.to(device)
     norm = Normalizer(info["pixel_mean"], info["pixel_std"] or 1.0)
     found = list_images(Path(images))
-    rows = ["image_id,class_id"]
+    rows = ["image_id,class_id" + (",score" if score else "")]
     with torch.no_grad():
         for start in range(0, len(found), batch_size):
             chunk = found[start:start + batch_size]
             x = load_batch([p for _, p in chunk], info["input_size"], norm).to(device)
-            preds = scorer(x).argmax(1).cpu().numpy()
-            rows += [f"{image_id},{int(c)}" for (image_id, _), c in zip(chunk, preds)]
+            scores, mean_logits = score_views(scorer.model, [scorer.classifier], x, scorer.views, mean_logits=True)[0]
+            preds = scores.argmax(1).cpu().numpy()
+            extra = ood_score(mean_logits.cpu().numpy(), score) if score else [None] * len(chunk)
+            rows += [f"{image_id},{int(c)}" + (f",{s:.6g}" if score else "")
+                     for (image_id, _), c, s in zip(chunk, preds, extra)]
     write_atomic(Path(out), "\n".join(rows) + "\n")
     print(f"{out}: {len(found)} predictions ({classifier})", file=sys.stderr)
     return 0

@@ -284,11 +284,14 @@ def finish(run: Run) -> None:
     acc, setup = run.accelerator, run.setup
     final = {"val": run.results[-1]["val"]}
     if "test" in setup.index.splits:
-        test = run.evaluator.evaluate(run.model, "test")
-        if run.fitted:
-            test["classifiers"] = {name: run.evaluator.evaluate(run.model, "test", clf)
-                                   for name, clf in run.fitted.items()}
-        final["test"] = test
+        # One backbone pass per TTA view scores the model and every post-hoc classifier.
+        evals = run.evaluator.evaluate_all(run.model, "test", {"model": None, **run.fitted})
+        final["test"] = evals.pop("model")
+        if evals:
+            final["test"]["classifiers"] = evals
+    if "ood" in setup.index.splits:   # known = test (or val): AUROC / FPR95 of each OOD score
+        known = "test" if "test" in setup.index.splits else "val"
+        final["ood"] = run.evaluator.ood(run.model, known, {"model": None, **run.fitted})
     metrics = {"classes": list(setup.index.classes), "stages": run.results, "final": final}
     if acc.is_main_process:
         write_json(setup.run_dir / "metrics.json", metrics)

@@ -72,17 +72,21 @@ def tta_logits(score, x: torch.Tensor, tta: int | Sequence[str]) -> torch.Tensor
 
 
 def score_views(model: nn.Module, classifiers: Sequence[nn.Module], x: torch.Tensor,
-                views: Sequence[str]) -> list[torch.Tensor]:
+                views: Sequence[str], *, mean_logits: bool = False) -> list:
     """Scores of several classifiers on the same backbone features (one backbone pass per view):
-    a classifier's logits for one view, else the log of its mean softmax over the views."""
+    a classifier's logits for one view, else the log of its mean softmax over the views. With
+    `mean_logits`, each entry is (scores, logits averaged over the views): the input of the
+    out-of-distribution scores (trainer.ood)."""
     feats = [model.features(v) for v in tta_views(x, views)]
     out = []
     for clf in classifiers:
-        if len(feats) == 1:
-            out.append(clf(feats[0]).float())
-            continue
-        logp = torch.stack([F.log_softmax(clf(f).float(), dim=1) for f in feats])
-        out.append(torch.logsumexp(logp, dim=0) - math.log(len(feats)))
+        logits = [clf(f).float() for f in feats]
+        if len(logits) == 1:
+            scores = logits[0]
+        else:
+            logp = torch.stack([F.log_softmax(z, dim=1) for z in logits])
+            scores = torch.logsumexp(logp, dim=0) - math.log(len(logits))
+        out.append((scores, torch.stack(logits).mean(0)) if mean_logits else scores)
     return out
 
 

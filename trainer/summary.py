@@ -29,7 +29,8 @@ def headline(ev: dict | None) -> dict[str, float]:
 
 
 def print_table(runs: dict[str, dict]) -> None:
-    """top1, balanced accuracy and head/middle/tail accuracy of the final model, per run."""
+    """top1, balanced accuracy and head/middle/tail accuracy of the final model (and post-hoc
+    classifiers) per run; AUROC / FPR95 of the OOD scores where the shards have an ood split."""
     header = f"{'run':<22}{'split':<6}{'classifier':<11}{'top1':>7}{'bal_acc':>9}{'head':>7}{'middle':>8}{'tail':>7}"
     print(header)
     print("-" * len(header))
@@ -43,6 +44,18 @@ def print_table(runs: dict[str, dict]) -> None:
                 cells = "".join(f"{h[k]:>{w}.3f}" for k, w in (("top1", 7), ("balanced_acc", 9), ("head", 7),
                                                                  ("middle", 8), ("tail", 7)))
                 print(f"{name:<22}{split:<6}{cname:<11}{cells}")
+        if metrics["final"].get("ood"):
+            print(format_ood(name, metrics["final"]["ood"]))
+
+
+def format_ood(name: str, ood: dict) -> str:
+    lines = [f"{name}: out-of-distribution, {ood['known_split']} (known) vs {ood['num_unknown']} "
+             f"{ood['unknown_split']} chips (unknown)"]
+    for cname, scores in ood.items():
+        if isinstance(scores, dict):
+            cells = "  ".join(f"{k} AUROC {v['auroc']:.3f} FPR95 {v['fpr95']:.3f}" for k, v in scores.items())
+            lines.append(f"  {cname:<10} {cells}")
+    return "\n".join(lines)
 
 
 def banner(setup, sizes: dict[str, int]) -> dict:

@@ -1,0 +1,130 @@
+"""`python -m trainer export --run RUN [--classifier NAME] --format onnx|torchscript`
+
+Writes a model that needs nothing from this repository: it takes uint8 chips [B, C, S, S]
+(centre-cropped or edge-padded to the run's input size S, as `predict` does) and returns, per
+chip, the class id and a confidence score (`--score`, trainer/ood.py: higher = more likely a
+known class). Normalisation, the chosen classifier (the model's head or a post-hoc one) and the
+run's TTA views are inside. `python -m trainer predict` computes the same classes and scores
+(the test suite checks both formats against it on the test split).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from shards.atomic import atomic_path, write_json
+from shards.errors import DataError
+from trainer.errors import ConfigError, TrainingError
+from trainer.ood import SCORES
+from trainer.predict import MODEL, load_scorer
+from trainer.scoring import Scorer, tta_views
+
+SEED_REFERENCE = {"file_mb": 11.2, "latency_s": 0.0146}   # seed 000's Shake-Shake-26 2x32d, 2080 Ti
+
+
+class Deployed(nn.Module):
+    """uint8 [B,C,S,S] -> (class_id int64 [B], score float32 [B])."""
+
+    def __init__(self, scorer: Scorer, mean: float, std: float, score: str) -> None:
+        super().__init__()
+        self.model, self.classifier, self.views, self.score = scorer.model, scorer.classifier, scorer.views, score
+        self.scale, self.shift = 1.0 / (255.0 * std), mean / std   # datasets.stream_spec.Normalizer
+
+    def forward(self, chips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = chips.float() * self.scale - self.shift
+        logits = torch.stack([self.classifier(self.model.features(v)).float() for v in tta_views(x, self.views)])
+        if len(self.views) == 1:
+            scores = logits[0]
+        else:   # the log of the mean softmax over the views, as trainer.scoring does
+            scores = torch.logsumexp(F.log_softmax(logits, dim=2), dim=0) - math.log(len(self.views))
+        mean = logits.mean(0)
+        top = mean.max(dim=1).values
+        if self.score == "max_logit":
+            conf = top
+        else:
+            lse = torch.logsumexp(mean, dim=1)
+            conf = lse if self.score == "energy" else torch.exp(top - lse)
+        return scores.argmax(dim=1), conf
+
+
+def export(run: Path, classifier: str = MODEL, fmt: str = "torchscript", score: str = "msp",
+           out: Path | None = None) -> dict:
+    if fmt not in ("onnx", "torchscript"):
+        raise ConfigError(f"--format: {fmt!r} is not onnx or torchscript")
+    if score not in SCORES:
+        raise ConfigError(f"--score: {score!r} is not one of {', '.join(SCORES)}")
+    scorer, info = load_scorer(run, classifier)
+    deployed = Deployed(scorer, info["pixel_mean"], info["pixel_std"] or 1.0, score).eval()
+    channels = info.get("channels", 1)
+    example = torch.zeros(2, channels, info["input_size"], info["input_size"], dtype=torch.uint8)
+    out = Path(out or run / "export" / f"model-{classifier}.{'onnx' if fmt == 'onnx' else 'pt'}")
+    with atomic_path(out) as tmp, torch.no_grad():
+        if fmt == "torchscript":
+            torch.jit.save(torch.jit.trace(deployed, example), str(tmp))
+        else:
+            torch.onnx.export(deployed, (example,), str(tmp), dynamo=False, opset_version=17,
+                              input_names=["chips"], output_names=["class_id", "score"],
+                              dynamic_axes={"chips": {0: "batch"}, "class_id": {0: "batch"}, "score": {0: "batch"}})
+    record = {"file": str(out), "format": fmt, "classifier": classifier, "score": score,
+              "input": {"dtype": "uint8", "shape": ["batch", channels, info["input_size"], info["input_size"]]},
+              "outputs": ["class_id", "score"], "classes": info["classes"], "class_names": info.get("class_names"),
+              "tta_views": list(scorer.views), "file_mb": out.stat().st_size / 2**20,
+              "latency_s_batch1": latency(out, fmt, example[:1]), "seed_reference": SEED_REFERENCE}
+    write_json(out.with_suffix(".json"), record, indent=1)
+    return record
+
+
+def load_exported(path: Path, fmt: str):
+    """A callable uint8 numpy/tensor batch -> (class ids, scores) as numpy arrays."""
+    if fmt == "torchscript":
+        module = torch.jit.load(str(path)).eval()
+
+        def run(x):
+            with torch.no_grad():
+                return tuple(t.numpy() for t in module(torch.as_tensor(x)))
+        return run
+    import onnxruntime as ort   # an optional dependency: only `--format onnx` needs it
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda x: tuple(session.run(None, {"chips": torch.as_tensor(x).numpy()}))
+
+
+def latency(path: Path, fmt: str, chip: torch.Tensor, repeats: int = 20) -> float | None:
+    """Median seconds per chip at batch 1 on this machine (None where the runtime is missing)."""
+    try:
+        run = load_exported(path, fmt)
+    except ImportError:
+        return None
+    run(chip)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(chip)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m trainer export", description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", required=True, type=Path)
+    p.add_argument("--classifier", default=MODEL, help="model (default) or a post-hoc classifier the run fitted")
+    p.add_argument("--format", default="torchscript", choices=["onnx", "torchscript"])
+    p.add_argument("--score", default="msp", choices=list(SCORES))
+    p.add_argument("--out", type=Path, default=None, help="file to write (default RUN/export/model-NAME.pt|.onnx)")
+    a = p.parse_args(argv)
+    try:
+        r = export(a.run, a.classifier, a.format, a.score, a.out)
+    except (ConfigError, DataError, TrainingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    lat = f"{1000 * r['latency_s_batch1']:.2f} ms/chip at batch 1" if r["latency_s_batch1"] else "latency not measured"
+    print(f"{r['file']}: {r['format']}, {r['file_mb']:.2f} MiB, {lat} on this machine "
+          f"(seed 000: {SEED_REFERENCE['file_mb']} MB, {1000 * SEED_REFERENCE['latency_s']:.1f} ms on a 2080 Ti)")
+    return 0
