@@ -15,12 +15,18 @@ NTIRE_TRAIN_COUNTS: tuple[int, ...] = (234209, 28089, 15301, 10655, 1741, 852, 8
 NTIRE_TEST_PER_CLASS = 77          # the dev set: 770 = 10 x 77 chips (believed balanced)
 
 # Raw layout: TRAIN_IMAGES/<class>/SAR_<id>.png, TEST_IMAGES/SAR_<id>.png, TEST_LABELS beside them.
+# The optical twin of a chip, where there is one, is EO_<id>.png in the same folder.
 TRAIN_IMAGES = "train_images"
 TEST_IMAGES = "test_images"
 TEST_LABELS = "test_labels.csv"    # header `image_id,class_id` (also the results.csv format)
 CHIP_SIDE_RANGE = (54, 60)         # min/max chip side in px, inclusive
+# Out-of-distribution chips (vehicles of no class), flat: OOD_IMAGES/SAR_<id>.png; OOD_LIST
+# names their ids, one per line (there are no labels).
+OOD_IMAGES = "ood_images"
+OOD_LIST = "ood_ids.txt"
 
 _SAR_NAME = re.compile(r"SAR_(\d+)\.png")
+_CHIP_NAME = re.compile(r"(?:SAR|EO)_(\d+)\.png")
 
 
 def is_sar_chip(name: str | PathLike[str]) -> bool:
@@ -33,4 +39,18 @@ def image_id(path_or_name: str | PathLike[str]) -> int:
     match = _SAR_NAME.fullmatch(PurePath(path_or_name).name)
     if match is None:
         raise DataError(f"{path_or_name}: not a SAR chip name, expected SAR_<id>.png")
+    return int(match.group(1))
+
+
+def is_eo_chip(name: str | PathLike[str]) -> bool:
+    """True for `EO_<digits>.png`, the optical twin of `SAR_<digits>.png`."""
+    name = PurePath(name).name
+    return name.startswith("EO_") and _CHIP_NAME.fullmatch(name) is not None
+
+
+def chip_id(path_or_name: str | PathLike[str]) -> int:
+    """The number in `SAR_<id>.png` or `EO_<id>.png` (a SAR chip and its twin share it)."""
+    match = _CHIP_NAME.fullmatch(PurePath(path_or_name).name)
+    if match is None:
+        raise DataError(f"{path_or_name}: not a chip name, expected SAR_<id>.png or EO_<id>.png")
     return int(match.group(1))

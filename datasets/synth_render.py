@@ -6,18 +6,28 @@ is K-distributed clutter (Gamma texture x Gamma speckle) with roads, point scatt
 spread by a sinc^2 impulse response, and the result is log-compressed to 8 bits. Pixel
 spacing, dimensions, look angle and contrast vary per chip. `orient` turns a finished chip
 so that the radar sits on another side. Every chip has its own RNG (`chip_rng`).
+`render_eo_twin` paints the optical (RGB) chip of the same vehicle seen from above, and
+`contact_sheet` lays chips out in labelled rows.
 """
 from __future__ import annotations
 
 import functools
+import io
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 from datasets.ntire import CHIP_SIDE_RANGE
-from datasets.synth_vehicles import vehicle_model
+from datasets.synth_vehicles import (ARMOUR, BODY, CARGO, DARK, DECK, GLASS, HULL, MATERIALS, TYRE,
+                                     vehicle_model)
 
-_SPLIT_CODE = {"train": 0, "test": 1, "eo": 2, "plan": 3}   # keeps the per-chip RNG streams apart
+# Keeps the per-chip RNG streams apart: a chip's SAR picture, its optical twin, decoys, plans.
+_SPLIT_CODE = {"train": 0, "test": 1, "eo": 2, "plan": 3, "ood": 4,
+               "eo_train": 5, "eo_test": 6, "eo_ood": 7}
+Model = Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray, float]]
 # Side of the image the radar looks from -> counter-clockwise quarter turns (np.rot90) of a chip
 # rendered with the radar on the left: the left edge goes to the bottom (1), right (2), top (3).
 LOOKS: dict[str, int] = {"left": 0, "bottom": 1, "right": 2, "top": 3}
@@ -198,8 +208,14 @@ def _scatterers(sc: _Scene, pts: np.ndarray, length: float,
 
 def render_sar(label: int, rng: np.random.Generator) -> np.ndarray:
     """One 8-bit grayscale SAR chip (54-60 px per side) of a vehicle of class `label`."""
+    return render_sar_of(functools.partial(vehicle_model, label), rng)
+
+
+def render_sar_of(model: Model, rng: np.random.Generator) -> np.ndarray:
+    """One 8-bit grayscale SAR chip of the vehicle `model(rng)` draws (`vehicle_model` of a class,
+    or `ood_model` of a kind)."""
     sc = _scene(rng)
-    segs, pts, length = vehicle_model(label, rng)
+    segs, pts, length = model(rng)
     target, hmap = _body(sc, segs, length, rng)
     patchy = rng.standard_exponential(size=(sc.h, sc.w))          # facets flash or vanish at random
     visible = ~_shadow(hmap, sc) & (hmap == 0)
@@ -233,3 +249,94 @@ def render_eo(label: int, rng: np.random.Generator) -> np.ndarray:
     for k in np.argsort(segs[:, 3]):
         img[inside[k]] = paint * (0.7 + 0.1 * segs[k, 3])
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+_PAINT = np.array([[235, 235, 232], [28, 29, 32], [178, 180, 184], [105, 108, 112], [150, 28, 30],
+                   [38, 58, 125], [200, 190, 160], [60, 90, 60]], float)   # common car colours
+_PAINT_P = np.array([0.25, 0.2, 0.18, 0.14, 0.08, 0.08, 0.04, 0.03])
+
+
+def _material_colours(rng: np.random.Generator) -> np.ndarray:
+    """One RGB colour per material for one vehicle: paint, glass, tyres, cargo box, hull, ..."""
+    c = np.empty((len(MATERIALS), 3))
+    c[BODY] = _PAINT[rng.choice(len(_PAINT), p=_PAINT_P)] * rng.uniform(0.85, 1.1)
+    c[GLASS] = rng.uniform(25, 50) + np.array([0, 5, 12])
+    c[TYRE] = rng.uniform(18, 35)
+    c[CARGO] = rng.uniform(175, 240) * (1 + rng.normal(0, 0.04, 3))
+    c[HULL] = _PAINT[rng.choice([0, 0, 0, 4, 5])] * rng.uniform(0.9, 1.05)
+    c[DARK] = rng.uniform(35, 60)
+    c[DECK] = rng.choice([120.0, 95.0]) * np.array([1.15, 0.95, 0.75]) * rng.uniform(0.85, 1.15)
+    c[ARMOUR] = np.array([[88, 94, 62], [165, 148, 110], [92, 96, 92]])[rng.integers(3)]
+    return c
+
+
+def _eo_ground(sc: _Scene, rng: np.random.Generator) -> np.ndarray:
+    """Daylight ground [H, W, 3]: asphalt with texture, usually a road along the heading with
+    grass or bare soil beside it, sometimes a painted lane line."""
+    asphalt = rng.uniform(85, 130) * (1 + rng.normal(0, 0.03, 3))
+    verge = np.array([[78, 102, 58], [132, 118, 92], [104, 110, 78]])[rng.integers(3)] * rng.uniform(0.8, 1.15)
+    coarse = rng.normal(0, 1, size=(sc.h // 4 + 2, sc.w // 4 + 2))
+    texture = 1 + 0.06 * _upsample(coarse, sc.h, sc.w)
+    phi = np.arctan2(sc.s, sc.c) + rng.normal(0, 0.08)
+    xs = (np.arange(sc.w) - (sc.w - 1) / 2) * sc.gsd - sc.x0
+    ys = (np.arange(sc.h) - (sc.h - 1) / 2) * sc.gsd - sc.y0
+    across = ys[:, None] * np.cos(phi) - xs[None, :] * np.sin(phi) - rng.uniform(-2, 2)
+    half = rng.uniform(3.0, 7.0) if rng.random() < 0.8 else 1e3            # or a parking lot
+    road = np.clip((half - np.abs(across)) / 0.5, 0, 1)[..., None]
+    ground = (road * asphalt + (1 - road) * verge) * texture[..., None]
+    if half < 100 and rng.random() < 0.5:                                   # lane line
+        line = np.exp(-((np.abs(across) - half * rng.uniform(0.3, 0.9)) / 0.12) ** 2)[..., None]
+        ground = ground * (1 - 0.8 * line) + 220 * 0.8 * line
+    return ground
+
+
+def render_eo_twin(model: Model, twin_rng: np.random.Generator,
+                   rng: np.random.Generator) -> np.ndarray:
+    """The optical (RGB) chip of the vehicle that `render_sar_of(model, twin_rng)` shows: the
+    SAR chip's first draws (chip size, pixel spacing, position, heading, the vehicle model) are
+    replayed from a fresh `twin_rng` of the same seed, so the two chips show the same vehicle at
+    the same place. Seen from above in daylight; colours, sun shadow and noise come from `rng`."""
+    sc = _scene(twin_rng)
+    segs, _, length = model(twin_rng)
+    u, v = _frame(sc)
+    img = _eo_ground(sc, rng)
+    sun = rng.uniform(0, 2 * np.pi)
+    reach = 1 / np.tan(np.deg2rad(rng.uniform(35, 65)))                # shadow metres per metre
+    su, sv = np.cos(sun) * reach, np.sin(sun) * reach
+    shadow = np.zeros((sc.h, sc.w), bool)
+    for k in range(len(segs)):
+        shadow |= _inside(u - su * segs[k, 3], v - sv * segs[k, 3], segs[k:k + 1], length)[0]
+    foot = _inside(u, v, segs, length)                                  # [n, H, W]
+    img[shadow & ~foot.any(axis=0)] *= rng.uniform(0.4, 0.6)
+    colours = _material_colours(rng)
+    nose = length / 2 - u[0]                                            # metres back from the nose
+    for k in np.argsort(segs[:, 3], kind="stable"):                     # higher parts drawn last
+        a, b, _, height, _, material = segs[k]
+        colour = colours[int(material)] * (0.8 + 0.08 * min(height, 2.5))
+        img[foot[k]] = colour
+        edge = foot[k] & ~_inside(u, v, segs[k:k + 1] * [1, 1, 0.85, 1, 1, 1], length)[0]
+        img[edge] *= 0.8                                                # rounded, shaded edges
+        if material == BODY and a > 0.3 and height >= 1.3:              # windscreen at the front
+            img[foot[k] & (nose >= a) & (nose <= a + 0.55)] = colours[GLASS]
+    img = np.stack([_blur(img[..., c], rng.uniform(0.1, 0.22)) for c in range(3)], axis=-1)
+    img += rng.normal(0, rng.uniform(2, 6), size=img.shape)            # sensor noise
+    return np.clip(img, 0, 255).round().astype(np.uint8)
+
+
+def contact_sheet(rows: list[tuple[str, list[Path]]], per_row: int = 12, zoom: int = 2,
+                  mode: str = "L") -> bytes:
+    """PNG bytes of a sheet: one row per (text, chip paths), the text left of the chips."""
+    cell = CHIP_SIDE_RANGE[1] * zoom + 4
+    margin = 190
+    sheet = Image.new(mode, (margin + per_row * cell, len(rows) * cell), 255 if mode == "L" else (255,) * 3)
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default(size=15)
+    for r, (text, paths) in enumerate(rows):
+        draw.text((6, r * cell + cell // 2 - 9), text, fill=0 if mode == "L" else (0, 0, 0), font=font)
+        for col, path in enumerate(paths[:per_row]):
+            with Image.open(path) as chip:
+                chip = chip.convert(mode).resize((chip.width * zoom, chip.height * zoom), Image.NEAREST)
+                sheet.paste(chip, (margin + col * cell, r * cell + 2))
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    return buf.getvalue()

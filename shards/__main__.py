@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from shards.errors import DataError
-from shards.index import ClassIndex
-from shards.raw import DEFAULT_SIZE_RANGE
+from shards.index import ClassIndex, SplitIndex
+from shards.members import prefix
+from shards.pixels import DEFAULT_SIZE_RANGE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +39,16 @@ def parser() -> argparse.ArgumentParser:
                    help="do not write DALI .idx files beside the shards")
     b.add_argument("--size-range", type=positive, nargs=2, metavar=("MIN", "MAX"),
                    default=list(DEFAULT_SIZE_RANGE), help="accepted px per side (default 16 256)")
+    b.add_argument("--modalities", type=modalities_option, default=None, metavar="M[,M]",
+                   help="sar, eo or sar,eo: one tar member per modality, paired by id "
+                        "(SAR_<id>.png + EO_<id>.png); default: those of the splits already in "
+                        "OUT, else sar (EO_*.png ignored)")
+    b.add_argument("--mode", type=mode_option, default="auto", metavar="gray|rgb|auto",
+                   help="pixel mode of the chips, or one per modality (gray,rgb); auto (default): "
+                        "that of the first chip. A chip of another mode is an error")
+    b.add_argument("--unlabeled", "--labels-none", dest="unlabeled", action="store_true",
+                   help="with --split NAME: a flat folder of chips of no class (e.g. ood), "
+                        "stored with label -1, added to an existing OUT")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_build)
     v = sub.add_parser("verify", help="re-read every shard and check it against the index")
@@ -57,6 +68,24 @@ def fraction(text: str) -> float:
     return x
 
 
+def modalities_option(text: str) -> tuple[str, ...]:
+    from shards.members import parse_modalities
+
+    try:
+        return parse_modalities(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def mode_option(text: str) -> str:
+    from shards.pixels import MODES
+
+    if not all(m.strip().lower() in MODES for m in text.split(",")):
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(MODES)}, or one per "
+                                         f"modality separated by commas, got {text!r}")
+    return text
+
+
 def positive(text: str) -> int:
     n = int(text)
     if n < 1:
@@ -69,21 +98,32 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     if args.size_range[0] > args.size_range[1]:
         raise DataError(f"--size-range: MIN {args.size_range[0]} > MAX {args.size_range[1]}")
+    if args.unlabeled and (not args.split or args.labels):
+        raise DataError("--unlabeled: needs --split NAME (not train or val) and no --labels")
     start = time.perf_counter()
     index = build_shards(args.raw, args.out, val_fraction=args.val_fraction, seed=args.seed,
                          split=args.split, labels_csv=args.labels, shard_size=args.shard_size,
                          workers=args.workers, dali_index=args.dali_index,
-                         size_range=tuple(args.size_range), quiet=args.quiet)
+                         size_range=tuple(args.size_range), quiet=args.quiet,
+                         modalities=args.modalities, mode=args.mode, unlabeled=args.unlabeled)
     seconds = time.perf_counter() - start
     last = index.source["builds"][-1]
     print(f"{args.out}: {last['images']} images from {last['raw']} in {seconds:.1f} s")
     for name in last["splits"]:
         s = index.splits[name]
-        print(f"  {name}: {len(s)} samples in {len(s.shards)} shards")
+        print(f"  {name}: {len(s)} samples in {len(s.shards)} shards"
+              + ("" if s.modalities == ["sar"] and s.channels == 1 else f" ({describe(s)})")
+              + ("" if s.labeled else ", unlabeled"))
     if last["ignored_files"]:
-        print(f"  ignored {last['ignored_files']} files that are not SAR_*.png "
+        kinds = " or ".join(f"{prefix(m)}*.png" for m in index.splits[last["splits"][0]].modalities)
+        print(f"  ignored {last['ignored_files']} files that are not {kinds} "
               f"(e.g. {', '.join(last['ignored_examples'])})")
     return 0
+
+
+def describe(s: SplitIndex) -> str:
+    """`sar 1 ch + eo 3 ch`."""
+    return " + ".join(f"{m} {s.stats(m).channels} ch" for m in s.modalities)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -112,17 +152,25 @@ def collect_stats(index: ClassIndex) -> dict[str, Any]:
                         "shards": len(s.shards), "pixel_mean": s.pixel_mean,
                         "pixel_std": s.pixel_std, "image_sizes": s.image_sizes,
                         "height": [int(s.height.min()), int(s.height.max())] if len(s) else [],
-                        "width": [int(s.width.min()), int(s.width.max())] if len(s) else []}
+                        "width": [int(s.width.min()), int(s.width.max())] if len(s) else [],
+                        "modalities": list(s.modalities), "channels": s.channels,
+                        "pixel_mean_c": list(s.pixel_mean_c), "pixel_std_c": list(s.pixel_std_c),
+                        "labeled": s.labeled, "unlabeled": s.num_unlabeled,
+                        "modality_stats": {m: s.stats(m).to_json() for m in s.modalities}}
     return {"root": str(index.root), "classes": index.classes, "splits": splits}
 
 
 def format_stats(stats: dict[str, Any]) -> str:
     names = list(stats["splits"])
-    width = max([len(c) for c in stats["classes"]] + [5])
+    unlabeled = any(stats["splits"][n]["unlabeled"] for n in names)
+    width = max([len(c) for c in stats["classes"]] + [8 if unlabeled else 5])
     rows = [f"{'class':<{width}} " + " ".join(f"{n:>8}" for n in names)]
     for c, cls in enumerate(stats["classes"]):
         rows.append(f"{cls:<{width}} " + " ".join(
             f"{stats['splits'][n]['class_counts'][c]:>8}" for n in names))
+    if unlabeled:
+        rows.append(f"{'no class':<{width}} " + " ".join(
+            f"{stats['splits'][n]['unlabeled']:>8}" for n in names))
     rows.append(f"{'total':<{width}} " + " ".join(
         f"{stats['splits'][n]['num_samples']:>8}" for n in names))
     for n in names:
@@ -133,8 +181,20 @@ def format_stats(stats: dict[str, Any]) -> str:
         rows.append(f"{n}: {s['shards']} shards; height {s['height'][0]}-{s['height'][1]} px, "
                     f"width {s['width'][0]}-{s['width'][1]} px, {len(s['image_sizes'])} sizes "
                     f"(most common {common[0]}: {common[1]}); pixel mean {s['pixel_mean']:.4f} "
-                    f"std {s['pixel_std']:.4f}")
+                    f"std {s['pixel_std']:.4f}; " + modality_summary(s))
     return "\n".join(rows)
+
+
+def modality_summary(s: dict[str, Any]) -> str:
+    """`sar: 1 channel` or `sar: 1 channel, eo: 3 channels (mean 0.41/0.40/0.38)`."""
+    parts = []
+    for m in s["modalities"]:
+        ms = s["modality_stats"][m]
+        text = f"{m}: {ms['channels']} channel{'s' if ms['channels'] > 1 else ''}"
+        if ms["channels"] > 1 or m != s["modalities"][0]:
+            text += " (mean " + "/".join(f"{x:.3f}" for x in ms["pixel_mean_c"]) + ")"
+        parts.append(text)
+    return ", ".join(parts) + ("" if s["labeled"] else "; unlabeled")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import math
 import os
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,12 @@ from tqdm import tqdm
 
 from shards import writer
 from shards.errors import DataError
-from shards.index import INDEX_NAME, ClassIndex, ShardInfo, SplitIndex
-from shards.raw import DEFAULT_SIZE_RANGE, RawImage, RawListing, scan_raw
+from shards.index import INDEX_NAME, ClassIndex, ModalityStats, ShardInfo, SplitIndex
+from shards.layout import (DEFAULT_LAYOUT, Layout, check_matches_existing, check_modalities,
+                           resolve_layout, resolve_modalities)
+from shards.members import MEMBER_FIELDS, column_name
+from shards.pixels import channel_stats
+from shards.raw import DEFAULT_SIZE_RANGE, UNLABELED, RawImage, RawListing, scan_raw
 from shards.state import STATE_DIR, BuildState
 from shards.tarscan import dali_index_path
 from shards.writer import ShardPlan
@@ -37,29 +42,40 @@ def build_shards(raw: Path, out: Path, *, val_fraction: float = 0.1, seed: int =
                  split: str | None = None, labels_csv: Path | None = None,
                  shard_size: int = 1000, workers: int | None = None, dali_index: bool = True,
                  size_range: tuple[int, int] = DEFAULT_SIZE_RANGE,
-                 quiet: bool = False) -> ClassIndex:
+                 quiet: bool = False, modalities: str | Sequence[str] | None = None,
+                 mode: str | Sequence[str] = "auto", unlabeled: bool = False) -> ClassIndex:
     """Build (or finish, or confirm) the shards of `raw` in `out`; returns the new index.
 
     Without `split`: a stratified train/val split. With `split`: that one split, added to `out`.
+    `modalities` ("sar", "eo" or "sar,eo"; default: those of the splits already in `out`, else
+    sar) pairs the chips of each sample; `mode` (gray | rgb | auto, or one per modality) fixes
+    the channels of each. `unlabeled` (with `split`, into an existing `out`): a flat folder of
+    chips of no class, stored with label -1.
     """
-    check_options(val_fraction, shard_size, split, size_range)
+    check_options(val_fraction, shard_size, split, size_range, unlabeled, labels_csv)
     raw, out = Path(raw).resolve(), Path(out)
-    existing = load_existing(out)
-    listing = scan_raw(raw, labels_csv, existing.classes if existing and labels_csv else None)
+    existing = load_existing(out, unlabeled)
+    mods = resolve_modalities(modalities, existing)
+    check_modalities(existing, raw, mods)
+    known = existing.classes if existing and (labels_csv or unlabeled) else None
+    listing = scan_raw(raw, labels_csv, known, modalities=mods, unlabeled=unlabeled)
     if existing is not None and listing.classes != existing.classes:
         raise DataError(f"{raw}: classes {listing.classes} differ from those of "
                         f"{out / INDEX_NAME}: {existing.classes}")
+    layout = resolve_layout(listing.images, mods, mode, raw)
+    check_matches_existing(existing, raw, layout)
     splits = {split: listing.images} if split else stratify(listing, val_fraction, seed)
     record = build_record(listing, labels_csv, splits, val_fraction if not split else None,
-                          seed if not split else None, shard_size, size_range, dali_index)
+                          seed if not split else None, shard_size, size_range, dali_index,
+                          layout, unlabeled)
     if existing is not None and already_built(existing, record):
         return existing
     plans = plan_shards(splits, shard_size)
     protected = {s.path for sp in (existing.splits.values() if existing else []) for s in sp.shards}
     state = BuildState(out, record["fingerprint"], protected)
     records = run_plans(plans, out, state, workers=workers, dali_index=dali_index,
-                        size_range=size_range, quiet=quiet)
-    index = assemble(out, listing.classes, existing, splits, plans, records, record)
+                        size_range=size_range, quiet=quiet, layout=layout)
+    index = assemble(out, listing.classes, existing, splits, plans, records, record, layout)
     remove_orphans(out, list(splits), plans, dali_index)
     index.save()
     state.finish()
@@ -67,7 +83,8 @@ def build_shards(raw: Path, out: Path, *, val_fraction: float = 0.1, seed: int =
 
 
 def check_options(val_fraction: float, shard_size: int, split: str | None,
-                  size_range: tuple[int, int]) -> None:
+                  size_range: tuple[int, int], unlabeled: bool = False,
+                  labels_csv: Path | None = None) -> None:
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     if shard_size < 1:
@@ -76,9 +93,14 @@ def check_options(val_fraction: float, shard_size: int, split: str | None,
         raise ValueError(f"split name must be letters, digits or _, got {split!r}")
     if not 1 <= size_range[0] <= size_range[1]:
         raise ValueError(f"size range must be 1 <= MIN <= MAX, got {size_range}")
+    if unlabeled and (split is None or split in ("train", "val")):
+        raise ValueError("an unlabeled split needs a split name other than train and val "
+                         "(e.g. --split ood)")
+    if unlabeled and labels_csv is not None:
+        raise ValueError("an unlabeled split takes no labels CSV")
 
 
-def load_existing(out: Path) -> ClassIndex | None:
+def load_existing(out: Path, unlabeled: bool = False) -> ClassIndex | None:
     if (out / INDEX_NAME).exists():
         return ClassIndex.load(out)
     if out.exists() and not out.is_dir():
@@ -86,6 +108,9 @@ def load_existing(out: Path) -> ClassIndex | None:
     if out.is_dir() and not (out / STATE_DIR).is_dir() and any(out.iterdir()):
         raise DataError(f"{out}: folder is not empty and holds no shard index; "
                         "refusing to write shards into it")
+    if unlabeled:
+        raise DataError(f"{out / INDEX_NAME}: no shard index; an unlabeled split is added to a "
+                        "shard folder that holds labelled splits (build train/val first)")
     return None
 
 
@@ -114,13 +139,19 @@ def stratify(listing: RawListing, val_fraction: float, seed: int) -> dict[str, l
 def build_record(listing: RawListing, labels_csv: Path | None,
                  splits: dict[str, list[RawImage]], val_fraction: float | None,
                  seed: int | None, shard_size: int, size_range: tuple[int, int],
-                 dali_index: bool) -> dict[str, Any]:
+                 dali_index: bool, layout: Layout = DEFAULT_LAYOUT,
+                 unlabeled: bool = False) -> dict[str, Any]:
     """What one build made and from what; `fingerprint` identifies its content."""
     options = {"builder": BUILDER, "splits": list(splits), "val_fraction": val_fraction,
                "seed": seed, "shard_size": shard_size, "size_range": list(size_range),
                "dali_index": dali_index, "listing": listing.fingerprint()}
+    # Only what differs from a plain SAR build enters the fingerprint: older builds keep theirs.
+    if layout.modalities != DEFAULT_LAYOUT.modalities:
+        options["modalities"] = list(layout.modalities)
+    if unlabeled:
+        options["unlabeled"] = True
     fingerprint = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()
-    return {**options, "raw": str(listing.root),
+    return {**options, **layout.record(), "unlabeled": unlabeled, "raw": str(listing.root),
             "labels_csv": str(Path(labels_csv).resolve()) if labels_csv else None,
             "images": len(listing.images), "ignored_files": len(listing.ignored),
             "ignored_examples": [p.name for p in listing.ignored[:3]],
@@ -145,14 +176,16 @@ def plan_shards(splits: dict[str, list[RawImage]], shard_size: int) -> list[Shar
     for name, images in splits.items():
         for label in sorted({im.label for im in images}):
             members = [im for im in images if im.label == label]
+            part = f"c{label:02d}" if label != UNLABELED else "none"
             for seq, start in enumerate(range(0, len(members), shard_size)):
-                plans.append(ShardPlan(name, f"{name}/{name}-c{label:02d}-{seq:05d}.tar", label,
+                plans.append(ShardPlan(name, f"{name}/{name}-{part}-{seq:05d}.tar", label,
                                        tuple(members[start:start + shard_size])))
     return plans
 
 
 def run_plans(plans: list[ShardPlan], out: Path, state: BuildState, *, workers: int | None,
-              dali_index: bool, size_range: tuple[int, int], quiet: bool) -> list[dict[str, Any]]:
+              dali_index: bool, size_range: tuple[int, int], quiet: bool,
+              layout: Layout = DEFAULT_LAYOUT) -> list[dict[str, Any]]:
     """Write (or reuse) every planned shard; records come back in plan order."""
     done = state.load()
     total = sum(len(p.images) for p in plans)
@@ -168,7 +201,7 @@ def run_plans(plans: list[ShardPlan], out: Path, state: BuildState, *, workers: 
         records[rec["path"]] = rec
         bar.update(rec["count"])
 
-    args = [(p, done.get(p.path), out, dali_index, size_range) for p in plans]
+    args = [(p, done.get(p.path), out, dali_index, size_range, layout) for p in plans]
     try:
         if workers == 1:
             for a in args:
@@ -195,26 +228,42 @@ def resolve_workers(workers: int | None, n_shards: int, n_images: int) -> int:
 
 def assemble(out: Path, classes: list[str], existing: ClassIndex | None,
              splits: dict[str, list[RawImage]], plans: list[ShardPlan],
-             records: list[dict[str, Any]], record: dict[str, Any]) -> ClassIndex:
+             records: list[dict[str, Any]], record: dict[str, Any],
+             layout: Layout = DEFAULT_LAYOUT) -> ClassIndex:
     index_splits = dict(existing.splits) if existing else {}
     for name in splits:
         recs = [r for p, r in zip(plans, records) if p.split == name]
-        index_splits[name] = split_index(name, out, recs, len(classes))
+        index_splits[name] = split_index(name, out, recs, len(classes), layout,
+                                         labeled=not record.get("unlabeled"))
     builds = list(existing.source.get("builds", [])) if existing else []
     return ClassIndex(root=out, classes=list(classes), splits=index_splits,
                       source={"builder": BUILDER, "builds": builds + [record]})
 
 
-def split_index(name: str, out: Path, recs: list[dict[str, Any]], num_classes: int) -> SplitIndex:
+def modality_stats(recs: list[dict[str, Any]], layout: Layout, m: str) -> ModalityStats:
+    """Channels, per-channel mean/std (exact integer sums: independent of order) and sizes."""
+    channels = layout.channels[m]
+    n = sum(r["pixels"][m]["n"] for r in recs)
+    sums = [sum(r["pixels"][m]["sum"][c] for r in recs) for c in range(channels)]
+    squares = [sum(r["pixels"][m]["sq"][c] for r in recs) for c in range(channels)]
+    mean_c, std_c = channel_stats(n, sums, squares)
+    heights = [h for r in recs for h in r[column_name(layout.modalities, m, "height")]]
+    widths = [w for r in recs for w in r[column_name(layout.modalities, m, "width")]]
+    sizes = Counter(f"{h}x{w}" for h, w in zip(heights, widths))
+    return ModalityStats(channels, mean_c, std_c, dict(sorted(sizes.items())))
+
+
+def split_index(name: str, out: Path, recs: list[dict[str, Any]], num_classes: int,
+                layout: Layout = DEFAULT_LAYOUT, labeled: bool = True) -> SplitIndex:
     def column(key: str, dtype: type) -> np.ndarray:
         return np.asarray([x for r in recs for x in r[key]], dtype=dtype)
 
     counts = [r["count"] for r in recs]
-    n = sum(r["pixel_n"] for r in recs)
-    s = sum(r["pixel_sum"] for r in recs)
-    sq = sum(r["pixel_sq"] for r in recs)
-    height, width = column("height", np.int32), column("width", np.int32)
-    sizes = Counter(f"{h}x{w}" for h, w in zip(height.tolist(), width.tolist()))
+    mods = layout.modalities
+    stats = {m: modality_stats(recs, layout, m) for m in mods}
+    first = stats[mods[0]]
+    extra = {column_name(mods, m, f): column(column_name(mods, m, f), dt)
+             for m in mods[1:] for f, dt in MEMBER_FIELDS.items()}
     return SplitIndex(
         name=name, root=out,
         shards=[ShardInfo(r["path"], r["label"], r["count"], r["bytes"], r["sha256"]) for r in recs],
@@ -222,10 +271,12 @@ def split_index(name: str, out: Path, recs: list[dict[str, Any]], num_classes: i
         labels=np.repeat(np.asarray([r["label"] for r in recs], np.int64), counts),
         shard=np.repeat(np.arange(len(recs), dtype=np.int64), counts),
         offset=column("offset", np.int64), size=column("size", np.int64),
-        crc32=column("crc32", np.uint32), height=height, width=width,
-        # Exact integer sums, so the result does not depend on summation order.
-        pixel_mean=s / n / 255, pixel_std=math.sqrt(max(sq * n - s * s, 0)) / n / 255,
-        num_classes=num_classes, image_sizes=dict(sorted(sizes.items())))
+        crc32=column("crc32", np.uint32), height=column("height", np.int32),
+        width=column("width", np.int32),
+        pixel_mean=first.pixel_mean, pixel_std=first.pixel_std,
+        num_classes=num_classes, image_sizes=first.image_sizes, modalities=list(mods),
+        channels=first.channels, pixel_mean_c=first.pixel_mean_c, pixel_std_c=first.pixel_std_c,
+        labeled=labeled, modality_stats=stats, extra=extra)
 
 
 def remove_orphans(out: Path, split_names: list[str], plans: list[ShardPlan],

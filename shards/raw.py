@@ -1,8 +1,11 @@
 """Scan and validate a raw image folder (the NTIRE layout).
 
 Two layouts: `RAW/<class>/SAR_<id>.png` (class folders 0..C-1, or names in sorted order), or a
-flat `RAW/SAR_<id>.png` whose labels come from a CSV `image_id,class_id` (the test layout).
-Only `SAR_*.png` files count; `EO_*` chips and other files are ignored and counted.
+flat `RAW/SAR_<id>.png` whose labels come from a CSV `image_id,class_id` (the test layout) or
+that has no labels at all (an unlabeled split, e.g. out-of-distribution chips).
+By default only `SAR_*.png` files count; `EO_*` chips and other files are ignored and counted.
+With modalities (`shards/members.py`) the first one's files are the samples and every other
+modality's file with the same id in the same folder is its partner (`SAR_12.png` + `EO_12.png`).
 """
 from __future__ import annotations
 
@@ -11,15 +14,22 @@ import hashlib
 import io
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 from shards.errors import DataError
+from shards.members import DEFAULT_MODALITIES, is_chip, prefix
+from shards.pixels import DEFAULT_SIZE_RANGE, check_mode, inspect_png  # noqa: F401 (re-exported)
 
-DEFAULT_SIZE_RANGE = (16, 256)
+UNLABELED = -1  # the label of every sample of an unlabeled split
+
+
+@dataclass(frozen=True)
+class RawPartner:
+    modality: str
+    path: Path
+    bytes: int  # file size at scan time
 
 
 @dataclass(frozen=True)
@@ -28,6 +38,7 @@ class RawImage:
     key: str  # file stem, e.g. SAR_1234
     label: int
     bytes: int  # file size at scan time
+    partners: tuple[RawPartner, ...] = ()  # the other modalities' files, in modality order
 
 
 @dataclass
@@ -35,13 +46,16 @@ class RawListing:
     root: Path
     classes: list[str]
     images: list[RawImage]  # ordered by label, then natural key order
-    ignored: list[Path] = field(default_factory=list)  # files that are not SAR_*.png
+    ignored: list[Path] = field(default_factory=list)  # files of no listed modality
+    modalities: tuple[str, ...] = DEFAULT_MODALITIES
 
     def fingerprint(self) -> str:
         """Hash of what was listed (relative path, size, label): same listing -> same hash."""
         h = hashlib.sha256("\n".join(self.classes).encode())
         for im in self.images:
             h.update(f"\n{im.path.relative_to(self.root)}\t{im.bytes}\t{im.label}".encode())
+            for p in im.partners:
+                h.update(f"\t{p.modality}:{p.path.relative_to(self.root)}\t{p.bytes}".encode())
         return h.hexdigest()
 
 
@@ -51,22 +65,24 @@ def natural_key(name: str) -> tuple:
 
 
 def is_sar(name: str) -> bool:
-    return name.startswith("SAR_") and name.endswith(".png")
+    return is_chip(name, "sar")
 
 
-def scan_raw(raw: Path, labels_csv: Path | None = None,
-             classes: list[str] | None = None) -> RawListing:
-    """List a raw folder: class folders, or (with labels_csv) a flat folder labelled by a CSV.
+def scan_raw(raw: Path, labels_csv: Path | None = None, classes: list[str] | None = None, *,
+             modalities: Sequence[str] = DEFAULT_MODALITIES,
+             unlabeled: bool = False) -> RawListing:
+    """List a raw folder: class folders, or (with labels_csv, or unlabeled) a flat folder.
 
     `classes` (from an existing shard folder) fixes the class list a CSV's labels refer to.
     """
-    raw = Path(raw)
+    raw, modalities = Path(raw), tuple(modalities)
     if not raw.is_dir():
         raise DataError(f"{raw}: not a folder")
-    if labels_csv is not None:
-        listing = scan_labelled_folder(raw, Path(labels_csv), classes)
+    if labels_csv is not None or unlabeled:
+        listing = scan_flat_folder(raw, Path(labels_csv) if labels_csv else None, classes,
+                                   modalities)
     else:
-        listing = scan_class_folders(raw)
+        listing = scan_class_folders(raw, modalities)
     check_keys(listing.images)
     return listing
 
@@ -96,10 +112,37 @@ def class_order(raw: Path, names: list[str]) -> list[str]:
     return [str(i) for i in range(len(names))]
 
 
-def scan_class_folders(raw: Path) -> RawListing:
+def pair_files(folder: Path, files: list[os.DirEntry], modalities: tuple[str, ...],
+               label: int) -> tuple[list[RawImage], list[Path]]:
+    """The samples of one folder (primary chips in natural order, each with its partners) and
+    the files of no listed modality. A chip without its partner is an error naming its id."""
+    chips = {m: {f.name[len(prefix(m)):-4]: f for f in files if is_chip(f.name, m)}
+             for m in modalities}
+    primary, others = modalities[0], modalities[1:]
+    images = []
+    for ident, f in sorted(chips[primary].items(), key=lambda kv: natural_key(kv[1].name)):
+        partners = []
+        for m in others:
+            g = chips[m].get(ident)
+            if g is None:
+                raise DataError(f"{f.path}: id {ident} has no {m.upper()} partner "
+                                f"({prefix(m)}{ident}.png missing in {folder})")
+            partners.append(RawPartner(m, Path(g.path), g.stat().st_size))
+        images.append(RawImage(Path(f.path), f.name[:-4], label, f.stat().st_size, tuple(partners)))
+    for m in others:
+        for ident, g in sorted(chips[m].items(), key=lambda kv: natural_key(kv[1].name)):
+            if ident not in chips[primary]:
+                raise DataError(f"{g.path}: id {ident} has no {primary.upper()} partner "
+                                f"({prefix(primary)}{ident}.png missing in {folder})")
+    ignored = [Path(f.path) for f in files if not any(is_chip(f.name, m) for m in modalities)]
+    return images, ignored
+
+
+def scan_class_folders(raw: Path, modalities: tuple[str, ...] = DEFAULT_MODALITIES) -> RawListing:
     dirs, files = _entries(raw)
+    first = prefix(modalities[0])
     if not dirs:
-        raise DataError(f"{raw}: no class folders (expected RAW/<class>/SAR_*.png; "
+        raise DataError(f"{raw}: no class folders (expected RAW/<class>/{first}*.png; "
                         "for a flat folder of labelled images pass a labels CSV)")
     stray = [f for f in files if f.name.lower().endswith(".png")]
     if stray:
@@ -107,47 +150,60 @@ def scan_class_folders(raw: Path) -> RawListing:
                         "every image must sit in a class folder")
     classes = class_order(raw, [d.name for d in dirs])
     listing = RawListing(root=raw, classes=classes, images=[],
-                         ignored=[Path(f.path) for f in files])
+                         ignored=[Path(f.path) for f in files], modalities=modalities)
     for label, name in enumerate(classes):
         subdirs, files = _entries(raw / name)
-        sar = [f for f in files if is_sar(f.name)]
-        listing.ignored += [Path(e.path) for e in subdirs + files if not is_sar(e.name)]
-        if not sar:
-            raise DataError(f"{raw / name}: empty class folder (no SAR_*.png files)")
-        sar.sort(key=lambda f: natural_key(f.name))
-        listing.images += [RawImage(Path(f.path), f.name[:-4], label, f.stat().st_size)
-                           for f in sar]
+        images, ignored = pair_files(raw / name, files, modalities, label)
+        listing.ignored += [Path(e.path) for e in subdirs] + ignored
+        if not images:
+            raise DataError(f"{raw / name}: empty class folder (no {first}*.png files)")
+        listing.images += images
     return listing
 
 
-def scan_labelled_folder(raw: Path, labels_csv: Path,
-                         classes: list[str] | None) -> RawListing:
+def scan_flat_folder(raw: Path, labels_csv: Path | None, classes: list[str] | None,
+                     modalities: tuple[str, ...] = DEFAULT_MODALITIES) -> RawListing:
+    """A flat folder labelled by a CSV, or (labels_csv None) an unlabeled one."""
     dirs, files = _entries(raw)
+    first = prefix(modalities[0])
     if dirs:
-        raise DataError(f"{dirs[0].path}: sub-folder in {raw}; with a labels CSV the images "
-                        "must sit directly in the folder (RAW/SAR_<id>.png)")
-    sar = {f.name[:-4]: f for f in files if is_sar(f.name)}
-    rows = read_labels(labels_csv)
+        raise DataError(f"{dirs[0].path}: sub-folder in {raw}; with a labels CSV or without labels "
+                        f"the images must sit directly in the folder (RAW/{first}<id>.png)")
+    found, ignored = pair_files(raw, files, modalities, UNLABELED)
+    if labels_csv is None:
+        if not found:
+            raise DataError(f"{raw}: no {first}*.png images")
+        return RawListing(root=raw, classes=list(classes or []), images=found, ignored=ignored,
+                          modalities=modalities)
+    by_key = {im.key: im for im in found}
+    rows = read_labels(labels_csv, first)
     num_classes = len(classes) if classes else max([lab for lab, _ in rows.values()], default=-1) + 1
     for key, (label, line) in rows.items():
         if not 0 <= label < num_classes:
             raise DataError(f"{labels_csv}:{line}: class_id {label} outside 0..{num_classes - 1}")
-        if key not in sar:
+        if key not in by_key:
             raise DataError(f"{labels_csv}:{line}: image {key}.png not found in {raw}")
-    for key, f in sar.items():
-        if key not in rows:
-            raise DataError(f"{f.path}: no label row for this image in {labels_csv}")
-    order = sorted(sar, key=lambda k: (rows[k][0], natural_key(k)))
-    images = [RawImage(Path(sar[k].path), k, rows[k][0], sar[k].stat().st_size) for k in order]
+    for im in found:
+        if im.key not in rows:
+            raise DataError(f"{im.path}: no label row for this image in {labels_csv}")
+    order = sorted(by_key, key=lambda k: (rows[k][0], natural_key(k)))
+    images = [RawImage(by_key[k].path, k, rows[k][0], by_key[k].bytes, by_key[k].partners)
+              for k in order]
     if not images:
-        raise DataError(f"{raw}: no SAR_*.png images")
+        raise DataError(f"{raw}: no {first}*.png images")
     return RawListing(root=raw, classes=list(classes) if classes else
-                      [str(i) for i in range(num_classes)], images=images,
-                      ignored=[Path(f.path) for f in files if not is_sar(f.name)])
+                      [str(i) for i in range(num_classes)], images=images, ignored=ignored,
+                      modalities=modalities)
 
 
-def read_labels(path: Path) -> dict[str, tuple[int, int]]:
-    """CSV `image_id,class_id` -> {key: (label, line number)}. image_id is `12` or `SAR_12`."""
+def scan_labelled_folder(raw: Path, labels_csv: Path, classes: list[str] | None) -> RawListing:
+    """A flat folder of SAR chips labelled by a CSV (kept for callers of the old name)."""
+    return scan_flat_folder(raw, labels_csv, classes)
+
+
+def read_labels(path: Path, key_prefix: str = "SAR_") -> dict[str, tuple[int, int]]:
+    """CSV `image_id,class_id` -> {key: (label, line number)}. image_id is `12` (the key is then
+    `<key_prefix>12`) or a key such as `SAR_12`."""
     try:
         text = path.read_text()
     except OSError as e:
@@ -163,7 +219,7 @@ def read_labels(path: Path) -> dict[str, tuple[int, int]]:
         if len(row) != 2:
             raise DataError(f"{path}:{line}: expected 2 fields, found {len(row)}")
         image_id, class_id = (x.strip() for x in row)
-        key = f"SAR_{image_id}" if image_id.isdigit() else image_id.removesuffix(".png")
+        key = f"{key_prefix}{image_id}" if image_id.isdigit() else image_id.removesuffix(".png")
         try:
             label = int(class_id)
         except ValueError:
@@ -185,42 +241,3 @@ def check_keys(images: list[RawImage]) -> None:
             raise DataError(f"{im.path}: same name as {seen[im.key]}; keys (file stems) "
                             "must be unique")
         seen[im.key] = im.path
-
-
-def inspect_png(path: Path, data: bytes,
-                size_range: tuple[int, int] = DEFAULT_SIZE_RANGE) -> tuple[int, int, int, int]:
-    """Validate one PNG (its bytes `data`, read from `path`) by decoding it.
-
-    Returns (height, width, sum of pixels, sum of squared pixels).
-    """
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            if im.format != "PNG":
-                raise DataError(f"{path}: not a PNG (found {im.format})")
-            check_mode(path, im.mode)
-            im.verify()  # walks every chunk and checks its CRC, including the pixel data
-        with Image.open(io.BytesIO(data)) as im:
-            pixels = np.asarray(im)  # full decode: catches truncated or corrupt streams
-    except DataError:
-        raise
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, zlib errors...
-        raise DataError(f"{path}: corrupt or truncated PNG ({type(e).__name__}: {e})") from None
-    h, w = pixels.shape
-    lo, hi = size_range
-    if not (lo <= h <= hi and lo <= w <= hi):
-        raise DataError(f"{path}: image size {h}x{w} (HxW) outside the accepted "
-                        f"{lo}..{hi} px per side")
-    flat = pixels.ravel().astype(np.int64)
-    return h, w, int(flat.sum()), int(flat @ flat)
-
-
-def check_mode(path: Path, mode: str) -> None:
-    if mode == "L":
-        return
-    if mode.startswith("I") or mode == "F":
-        what = "16-bit image"
-    elif mode == "1":
-        what = "1-bit image"
-    else:
-        what = f"colour image (mode {mode})"
-    raise DataError(f"{path}: {what}, expected 8-bit grayscale")

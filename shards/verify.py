@@ -12,6 +12,7 @@ import numpy as np
 
 from shards.errors import DataError
 from shards.index import ClassIndex, SplitIndex
+from shards.raw import UNLABELED
 from shards.tarscan import dali_index_path, dali_index_text, group_samples, scan_members
 
 
@@ -52,7 +53,10 @@ def check_columns(split: SplitIndex, num_classes: int) -> None:
         raise DataError(f"{where}: sample-to-shard column does not match the shard counts")
     if not np.array_equal(split.labels, np.repeat([s.label for s in split.shards], counts)):
         raise DataError(f"{where}: sample labels do not match their class-pure shards")
-    if len(split) and not 0 <= split.labels.min() <= split.labels.max() < num_classes:
+    if not split.labeled:
+        if len(split) and (split.labels != UNLABELED).any():
+            raise DataError(f"{where}: an unlabeled split holds a label other than {UNLABELED}")
+    elif len(split) and not 0 <= split.labels.min() <= split.labels.max() < num_classes:
         raise DataError(f"{where}: a label lies outside 0..{num_classes - 1}")
     if len(set(split.keys)) != len(split.keys):
         raise DataError(f"{where}: duplicate sample keys")
@@ -82,15 +86,23 @@ def verify_shard(split: SplitIndex, j: int) -> int:
 
 
 def check_sample(path: Path, mm: mmap.mmap, split: SplitIndex, i: int, parts: dict) -> None:
+    """Every member of sample i where the index puts it, with its crc32; the .cls label."""
     key = split.keys[i]
-    if sorted(parts) != ["cls", "png"]:
-        raise DataError(f"{path}: sample {key} has members {sorted(parts)}, expected cls + png")
-    png, cls = parts["png"], parts["cls"]
-    if (png.offset, png.size) != (int(split.offset[i]), int(split.size[i])):
-        raise DataError(f"{path}: sample {key}: png at offset {png.offset} size {png.size}, "
-                        f"index says {int(split.offset[i])} size {int(split.size[i])}")
-    if zlib.crc32(mm[png.offset:png.offset + png.size]) != int(split.crc32[i]):
-        raise DataError(f"{path}: sample {key}: crc32 mismatch")
+    members = [split.member(m) for m in split.modalities]
+    expected = sorted(["cls"] + [c.ext for c in members])
+    if sorted(parts) != expected:
+        raise DataError(f"{path}: sample {key} has members {sorted(parts)}, "
+                        f"expected {' + '.join(expected)}")
+    for c in members:
+        got = parts[c.ext]
+        what = "png" if c.ext == "png" else f"{key}.{c.ext}"
+        if (got.offset, got.size) != (int(c.offset[i]), int(c.size[i])):
+            raise DataError(f"{path}: sample {key}: {what} at offset {got.offset} size {got.size}, "
+                            f"index says {int(c.offset[i])} size {int(c.size[i])}")
+        if zlib.crc32(mm[got.offset:got.offset + got.size]) != int(c.crc32[i]):
+            where = "" if c.ext == "png" else f" {key}.{c.ext}"
+            raise DataError(f"{path}: sample {key}:{where} crc32 mismatch")
+    cls = parts["cls"]
     label = mm[cls.offset:cls.offset + cls.size].decode("ascii", "replace")
     if label != str(int(split.labels[i])):
         raise DataError(f"{path}: sample {key}: .cls says {label!r}, "

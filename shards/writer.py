@@ -1,7 +1,8 @@
 """Write one class-pure tar shard (and its DALI index), atomically.
 
 Runs in worker processes: takes a plan, returns a JSON-able record of what it wrote (the
-per-sample columns of the index plus pixel sums), which is also what the build state keeps.
+per-sample columns of the index plus per-modality, per-channel pixel sums), which is also what
+the build state keeps. A sample holds one member per modality (`shards/members.py`).
 """
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ from typing import Any, BinaryIO
 
 import webdataset as wds
 
-from shards.errors import DataError
 from shards.atomic import write_atomic
-from shards.raw import RawImage, inspect_png
+from shards.errors import DataError
+from shards.layout import DEFAULT_LAYOUT, Layout
+from shards.members import MEMBER_FIELDS, column_name, member_ext
+from shards.pixels import inspect_chip
+from shards.raw import RawImage
 from shards.tarscan import dali_index_path, dali_index_text, scan_members
 
 TAR_MTIME = 0  # fixed member mtime: the same input gives byte-identical shards
@@ -31,34 +35,46 @@ class ShardPlan:
 
 
 def make_shard(plan: ShardPlan, prev: dict[str, Any] | None, out: Path, dali_index: bool,
-               size_range: tuple[int, int]) -> tuple[dict[str, Any], bool]:
+               size_range: tuple[int, int],
+               layout: Layout = DEFAULT_LAYOUT) -> tuple[dict[str, Any], bool]:
     """Reuse a shard finished by an interrupted run if it is still intact, else write it.
 
     Returns (record, reused).
     """
-    if prev is not None and still_valid(plan, prev, out, dali_index):
+    if prev is not None and still_valid(plan, prev, out, dali_index, layout):
         return prev, True
-    return write_shard(plan, out, dali_index, size_range), False
+    return write_shard(plan, out, dali_index, size_range, layout), False
 
 
-def write_shard(plan: ShardPlan, out: Path, dali_index: bool,
-                size_range: tuple[int, int]) -> dict[str, Any]:
+def new_record(plan: ShardPlan, layout: Layout) -> dict[str, Any]:
+    rec: dict[str, Any] = {"path": plan.path, "label": plan.label, "count": len(plan.images),
+                           "keys": [], "pixels": {}}
+    for m, channels in layout.channels.items():
+        for f in ("crc32", "height", "width"):
+            rec[column_name(layout.modalities, m, f)] = []
+        rec["pixels"][m] = {"n": 0, "sum": [0] * channels, "sq": [0] * channels}
+    return rec
+
+
+def write_shard(plan: ShardPlan, out: Path, dali_index: bool, size_range: tuple[int, int],
+                layout: Layout = DEFAULT_LAYOUT) -> dict[str, Any]:
     final = out / plan.path
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(final.name + ".tmp")
-    rec: dict[str, Any] = {"path": plan.path, "label": plan.label, "count": len(plan.images),
-                           "keys": [], "crc32": [], "height": [], "width": [],
-                           "pixel_n": 0, "pixel_sum": 0, "pixel_sq": 0}
+    rec = new_record(plan, layout)
     try:
         with open(tmp, "wb") as f:
-            write_samples(plan, f, rec, size_range)
+            write_samples(plan, f, rec, size_range, layout)
     except BaseException:
         tmp.unlink(missing_ok=True)  # bad input or interrupt: leave no partial file behind
         raise
     members = scan_members(tmp)
-    png = {m.key: m for m in members if m.ext == "png"}
-    rec["offset"] = [png[k].offset for k in rec["keys"]]
-    rec["size"] = [png[k].size for k in rec["keys"]]
+    where = {m.name: m for m in members}
+    for m in layout.modalities:
+        ext = member_ext(layout.modalities, m)
+        placed = [where[f"{k}.{ext}"] for k in rec["keys"]]
+        rec[column_name(layout.modalities, m, "offset")] = [x.offset for x in placed]
+        rec[column_name(layout.modalities, m, "size")] = [x.size for x in placed]
     rec["bytes"] = tmp.stat().st_size
     rec["sha256"] = sha256_file(tmp)
     if dali_index:
@@ -67,30 +83,49 @@ def write_shard(plan: ShardPlan, out: Path, dali_index: bool,
     return rec
 
 
+def member_files(im: RawImage, layout: Layout) -> list[tuple[str, Path, int]]:
+    """(modality, path, bytes at scan time) of every member of a sample, in modality order."""
+    return [(layout.modalities[0], im.path, im.bytes)] + [
+        (p.modality, p.path, p.bytes) for p in im.partners]
+
+
 def write_samples(plan: ShardPlan, f: BinaryIO, rec: dict[str, Any],
-                  size_range: tuple[int, int]) -> None:
+                  size_range: tuple[int, int], layout: Layout = DEFAULT_LAYOUT) -> None:
     """Stream the plan's images into the tar `f`, validating each; fills the record."""
     writer = wds.TarWriter(f, encoder=False, mtime=TAR_MTIME)
-    for im in plan.images:
-        data = read_raw(im)
-        h, w, s, sq = inspect_png(im.path, data, size_range)  # the one decode per image
-        writer.write({"__key__": im.key, "png": data, "cls": str(plan.label).encode()})
-        rec["keys"].append(im.key)
-        rec["crc32"].append(zlib.crc32(data))
-        rec["height"].append(h)
-        rec["width"].append(w)
-        rec["pixel_n"] += h * w
-        rec["pixel_sum"] += s
-        rec["pixel_sq"] += sq
-    writer.close()
+    mods = layout.modalities
+    try:
+        for im in plan.images:
+            sample = {"__key__": im.key, "cls": str(plan.label).encode()}
+            for (m, path, nbytes), expected in zip(member_files(im, layout), layout.modes):
+                data = read_file(path, nbytes)
+                info = inspect_chip(path, data, size_range, expected)  # the one decode per chip
+                sample[member_ext(mods, m)] = data
+                rec[column_name(mods, m, "crc32")].append(zlib.crc32(data))
+                rec[column_name(mods, m, "height")].append(info.height)
+                rec[column_name(mods, m, "width")].append(info.width)
+                px = rec["pixels"][m]
+                px["n"] += info.height * info.width
+                px["sum"] = [a + b for a, b in zip(px["sum"], info.sums)]
+                px["sq"] = [a + b for a, b in zip(px["sq"], info.squares)]
+            writer.write(sample)
+            rec["keys"].append(im.key)
+    finally:
+        writer.close()  # also on error, while `f` is open: no late flush into a closed file
     f.flush()
     os.fsync(f.fileno())
 
 
-def still_valid(plan: ShardPlan, prev: dict[str, Any], out: Path, dali_index: bool) -> bool:
+def still_valid(plan: ShardPlan, prev: dict[str, Any], out: Path, dali_index: bool,
+                layout: Layout = DEFAULT_LAYOUT) -> bool:
     """A recorded shard is reused only if the file, its DALI index and the raw images match."""
     path = out / plan.path
-    if prev["keys"] != [im.key for im in plan.images] or prev["label"] != plan.label:
+    columns = [column_name(layout.modalities, m, x) for m in layout.modalities for x in MEMBER_FIELDS]
+    if prev.get("keys") != [im.key for im in plan.images] or prev.get("label") != plan.label:
+        return False
+    if any(c not in prev for c in columns) or set(prev.get("pixels", {})) != set(layout.modalities):
+        return False  # written by an older builder or for other modalities
+    if any(len(prev["pixels"][m]["sum"]) != c for m, c in layout.channels.items()):
         return False
     try:
         if path.stat().st_size != prev["bytes"] or sha256_file(path) != prev["sha256"]:
@@ -98,20 +133,28 @@ def still_valid(plan: ShardPlan, prev: dict[str, Any], out: Path, dali_index: bo
         if dali_index and (dali_index_path(path).read_text()
                            != dali_index_text(scan_members(path))):
             return False
-        return all(zlib.crc32(im.path.read_bytes()) == crc
-                   for im, crc in zip(plan.images, prev["crc32"]))
+        for j, m in enumerate(layout.modalities):
+            crcs = prev[column_name(layout.modalities, m, "crc32")]
+            if any(zlib.crc32(member_files(im, layout)[j][1].read_bytes()) != crc
+                   for im, crc in zip(plan.images, crcs)):
+                return False
+        return True
     except OSError:
         return False
 
 
 def read_raw(im: RawImage) -> bytes:
+    return read_file(im.path, im.bytes)
+
+
+def read_file(path: Path, nbytes: int) -> bytes:
     try:
-        data = im.path.read_bytes()
+        data = path.read_bytes()
     except OSError as e:
-        raise DataError(f"{im.path}: cannot read ({e.strerror})") from None
-    if len(data) != im.bytes:
-        raise DataError(f"{im.path}: file changed during the build "
-                        f"({im.bytes} bytes when listed, {len(data)} now)")
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    if len(data) != nbytes:
+        raise DataError(f"{path}: file changed during the build "
+                        f"({nbytes} bytes when listed, {len(data)} now)")
     return data
 
 
