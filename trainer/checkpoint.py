@@ -92,7 +92,9 @@ def load(accelerator, folder: Path, model: torch.nn.Module | None = None) -> Non
                             f"{str(e).splitlines()[0]}") from None
     own = folder / f"bn-rank{accelerator.process_index}.pt"
     if model is not None and accelerator.num_processes > 1 and own.is_file():
-        model.load_state_dict(torch.load(own, map_location=accelerator.device, weights_only=True), strict=False)
+        # map to the CPU: load_state_dict copies into the buffers wherever they live ("cpu:0",
+        # what a CPU rank calls its device, is no map_location torch knows)
+        model.load_state_dict(torch.load(own, map_location="cpu", weights_only=True), strict=False)
 
 
 def _bn_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:

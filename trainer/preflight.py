@@ -2,6 +2,7 @@
 the resolved recipe and the accelerator. A bad input stops here with one clear error."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,8 +44,10 @@ def make_accelerator(cfg: dict, run_dir: Path, trackers: bool = True):
         raise ConfigError("optim.precision: fp16 needs CUDA; use no or bf16 on the CPU")
     project = ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir))
     # No buffer broadcast before every forward: BatchNorm statistics are averaged over the ranks
-    # after each epoch (run.average_batchnorm_stats) and saved per rank in checkpoints.
+    # after each epoch (run.average_batchnorm_stats) and saved per rank in checkpoints. (Newer
+    # torch renames the flag forward_sync_buffers, which Accelerate cannot pass on yet.)
     ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
+    warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
     # cpu=True without CUDA: otherwise two CPU processes each believe they are rank 0 of 1.
     return Accelerator(cpu=not cuda, mixed_precision=precision, project_config=project,
                        log_with="tensorboard" if trackers else None, kwargs_handlers=[ddp])
