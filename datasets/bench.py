@@ -1,37 +1,44 @@
 """`python -m datasets bench`: loader throughput, side by side in one run.
 
---loader reader (default): decoded images/s of the shard reader (ShardStream, instance
-sampling, no augmentation) against torchvision ImageFolder + PIL + DataLoader on the SAME chips
-(the split's keys), same batch size, workers and output (float32 [B,1,S,S], normalised).
---loader torch|dali: the balanced stage-3 stream (per-class sampling, strong augmentation) on
-the torch path and, where datasets.dali imports, the DALI path.
-Both sides draw one long epoch, so worker start-up is paid once; the clock starts at the
-first batch (warm-up excluded) and stops after --seconds.
+--loader reader (default): decoded images/s of the resident stream (the split decoded once into
+one uint8 tensor, batches gathered from it), the shard reader (ShardStream, PNG decode per
+batch) and torchvision ImageFolder + PIL + DataLoader on the SAME chips (the split's keys),
+same batch size, workers and output (float32 [B,1,S,S], normalised), instance sampling, no
+augmentation.
+--loader torch|dali: the balanced stage-3 stream (per-class sampling, strong augmentation):
+resident (augmented on its device), torch (ShardStream + DataLoader workers) and, where
+datasets.dali imports, DALI fed PNG bytes and DALI fed the resident tensor.
+The resident tensor lives on the GPU when CUDA is usable (as the trainer keeps it), else in RAM;
+decoding it (or reading the cache beside the shards) is timed apart, once. The clock starts at
+each loader's first batch (warm-up excluded) and stops after --seconds / --rounds; loaders take
+turns, so a change in machine load hits them all alike. Ratios are printed side by side.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from PIL import Image
 
 from datasets.augment import AugmentSpec
+from datasets.resident import ResidentStream, load_pixels
 from datasets.sampling import SamplingSpec
 from datasets.stream import ShardStream, make_loader
-from datasets.stream_spec import StreamSpec
+from datasets.stream_spec import StreamSpec, open_split
 from shards.errors import DataError
 from shards.index import ClassIndex
 
 # Stage-3 style augmentation: everything on, so the bench measures the expensive path.
 STRONG = AugmentSpec(rotate="free", hflip=True, vflip=True, crop_scale=(0.6, 1.0), translate=4,
                      speckle=0.3, brightness=0.2, contrast=0.2)
-SAMPLES_PER_SECOND_CAP = 50_000   # sizes the single long epoch: more than any CPU path reaches
+SAMPLES_PER_SECOND_CAP = 50_000   # sizes the single long epoch of the DataLoader paths
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -44,25 +51,84 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=10.0, help="timed seconds per loader")
     p.add_argument("--rounds", type=int, default=2, help="alternate the loaders this many times")
     p.add_argument("--input-size", type=int, default=56)
-    p.add_argument("--loader", choices=("reader", "torch", "dali"), default="reader")
+    p.add_argument("--loader", choices=("reader", "torch", "dali"), default="reader",
+                   help="reader: resident vs shard reader vs ImageFolder; torch|dali: the augmented "
+                        "stage-3 stream, resident vs torch vs DALI (PNG) vs DALI (resident)")
+    p.add_argument("--dali-threads", type=int, default=min(4, os.cpu_count() or 1),
+                   help="DALI's CPU threads (data.dali_threads in a recipe)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads of this process (the resident stream's; 0: torch's default). On "
+                        "a loaded machine 1 can be much faster: idle OpenMP threads spin for cores")
     return p.parse_args(argv)
 
 
 def throughput(batches: Iterable[Any], seconds: float) -> tuple[float, int]:
-    """Images/s after the first batch (warm-up: worker start, first reads), and images timed."""
+    """Images/s after the first batch (warm-up: worker start, first reads, pipeline build), and
+    images timed. CUDA work is waited for at both ends, so queued kernels are not counted as done."""
     it = iter(batches)
-    next(it)
+    wait(next(it))
     start, images = time.perf_counter(), 0
     for batch in it:
         images += len(batch[0])
         if time.perf_counter() - start >= seconds:
+            wait(batch)
             break
     elapsed = time.perf_counter() - start
     return (images / elapsed if elapsed > 0 else 0.0), images
 
 
+def wait(batch: Any) -> None:
+    if isinstance(batch[0], torch.Tensor) and batch[0].is_cuda:
+        torch.cuda.synchronize(batch[0].device)
+
+
+def epochs(stream: Any) -> Iterable[Any]:
+    """Batches of epoch 0, 1, 2, … of a stream without workers: no epoch ever runs out."""
+    for epoch in itertools.count():
+        stream.set_epoch(epoch)
+        yield from stream
+
+
 def epoch_size(n: int, seconds: float) -> int:
     return max(n, math.ceil(seconds * SAMPLES_PER_SECOND_CAP))
+
+
+def alternate(loaders: dict[str, Callable[[], Iterable]], seconds: float, rounds: int) -> dict[str, tuple[float, int]]:
+    """Time each loader `rounds` times, taking turns, so a change in machine load (shared
+    cores) hits all of them alike; returns images/s over all rounds and images timed."""
+    images = {name: 0 for name in loaders}
+    spent = {name: 0.0 for name in loaders}
+    for _ in range(rounds):
+        for name, make in loaders.items():
+            rate, n = throughput(make(), seconds / rounds)
+            images[name] += n
+            spent[name] += n / rate if rate > 0 else 0.0
+    return {name: (images[name] / spent[name] if spent[name] > 0 else 0.0, images[name])
+            for name in loaders}
+
+
+def report(rates: dict[str, tuple[float, int]], labels: dict[str, str], ratios: list[tuple[str, str]]) -> None:
+    """One line per loader (images/s), then the ratios asked for among those that ran."""
+    width = max(len(labels[name]) for name in rates) + 1
+    for name, (rate, n) in rates.items():
+        print(f"{labels[name] + ':':<{width}} {rate:10.0f} images/s ({n} images)")
+    for a, b in ratios:
+        if a in rates and b in rates:
+            print(f"ratio {a} / {b}: {rates[a][0] / max(rates[b][0], 1e-9):.2f}x")
+
+
+def resident_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resident_pixels(args: argparse.Namespace, spec: StreamSpec) -> torch.Tensor:
+    """The split decoded once (or read from its checked cache), timed apart: a one-off cost."""
+    start = time.perf_counter()
+    data = open_split(args.shards, args.split, spec)
+    pixels = torch.from_numpy(load_pixels(data, args.input_size, workers=args.workers)).to(resident_device())
+    print(f"resident: {len(pixels)} chips at {args.input_size} px decoded or read from the cache in "
+          f"{time.perf_counter() - start:.2f} s, held on {pixels.device}")
+    return pixels
 
 
 def open_gray(path: str) -> Image.Image:
@@ -113,36 +179,26 @@ def bench_reader(args: argparse.Namespace) -> None:
         raise DataError("--raw is required for --loader reader (ImageFolder side)")
     split = ClassIndex.load(args.shards).split(args.split)
     size = epoch_size(len(split), args.seconds)
-    stream = ShardStream(args.shards, args.split, StreamSpec(
-        args.batch_size, SamplingSpec(kind="instance", epoch_size=size), None, args.input_size))
-    raw, keys = raw_class_root(args.raw), set(split.keys)
-    _, found = imagefolder_loader(raw, keys, args, stream.data.normalizer.mean, stream.data.normalizer.std, size)
+    spec = StreamSpec(args.batch_size, SamplingSpec(kind="instance", epoch_size=size), None, args.input_size)
+    stream = ShardStream(args.shards, args.split, spec)
+    norm, raw, keys = stream.data.normalizer, raw_class_root(args.raw), set(split.keys)
+    _, found = imagefolder_loader(raw, keys, args, norm.mean, norm.std, size)
     if found != len(split):
         raise DataError(f"{args.raw}: ImageFolder found {found} of the {len(split)} "
                         f"{args.split} chips of {args.shards}; is it the raw folder they were built from?")
     print(f"chips: {len(split)} ({args.split}), batch {args.batch_size}, workers {args.workers}, "
-          f"{args.rounds} x {args.seconds / args.rounds:g} s each, cpus {os.cpu_count()}")
-    rates = alternate({"shard": lambda: make_loader(stream, args.workers),
-                       "folder": lambda: imagefolder_loader(raw, keys, args, stream.data.normalizer.mean, stream.data.normalizer.std, size)[0]},
-                      args.seconds, args.rounds)
-    (shard_rate, n1), (folder_rate, n2) = rates["shard"], rates["folder"]
-    print(f"shard reader (ShardStream, decode_png): {shard_rate:10.0f} images/s ({n1} images)")
-    print(f"ImageFolder + PIL + DataLoader:        {folder_rate:10.0f} images/s ({n2} images)")
-    print(f"ratio shard reader / ImageFolder: {shard_rate / max(folder_rate, 1e-9):.2f}x")
-
-
-def alternate(loaders: dict[str, Any], seconds: float, rounds: int) -> dict[str, tuple[float, int]]:
-    """Time each loader `rounds` times, taking turns, so a change in machine load (shared
-    cores) hits all of them alike; returns images/s over all rounds and images timed."""
-    images = {name: 0 for name in loaders}
-    spent = {name: 0.0 for name in loaders}
-    for _ in range(rounds):
-        for name, make in loaders.items():
-            rate, n = throughput(make(), seconds / rounds)
-            images[name] += n
-            spent[name] += n / rate if rate > 0 else 0.0
-    return {name: (images[name] / spent[name] if spent[name] > 0 else 0.0, images[name])
-            for name in loaders}
+          f"{args.rounds} x {args.seconds / args.rounds:g} s each, cpus {os.cpu_count()}, "
+          f"torch threads {torch.get_num_threads()}")
+    pixels = resident_pixels(args, spec)
+    rates = alternate({
+        "resident": lambda: epochs(ResidentStream(args.shards, args.split, spec, device=pixels.device, pixels=pixels)),
+        "shard reader": lambda: make_loader(stream, args.workers),
+        "ImageFolder": lambda: imagefolder_loader(raw, keys, args, norm.mean, norm.std, size)[0]},
+        args.seconds, args.rounds)
+    report(rates, {"resident": f"resident (ResidentStream, gathered on {pixels.device.type})",
+                   "shard reader": "shard reader (ShardStream, decode_png)",
+                   "ImageFolder": "ImageFolder + PIL + DataLoader"},
+           [("shard reader", "ImageFolder"), ("resident", "shard reader"), ("resident", "ImageFolder")])
 
 
 def bench_augmented(args: argparse.Namespace) -> None:
@@ -151,42 +207,54 @@ def bench_augmented(args: argparse.Namespace) -> None:
     per_class = math.ceil(epoch_size(len(split), args.seconds) / index.num_classes)
     spec = StreamSpec(args.batch_size, SamplingSpec(kind="class", per_class=per_class), STRONG, args.input_size)
     print(f"stage-3 stream: per_class={per_class}, strong augmentation, batch {args.batch_size}, "
-          f"workers {args.workers}, {args.rounds} x {args.seconds / args.rounds:g} s each, "
-          f"cpus {os.cpu_count()}")
-    loaders: dict[str, Any] = {
+          f"workers {args.workers}, dali threads {args.dali_threads}, "
+          f"{args.rounds} x {args.seconds / args.rounds:g} s each, cpus {os.cpu_count()}, "
+          f"torch threads {torch.get_num_threads()}")
+    pixels = resident_pixels(args, spec)
+    loaders: dict[str, Callable[[], Iterable]] = {
+        "resident": lambda: epochs(ResidentStream(args.shards, args.split, spec, device=pixels.device, pixels=pixels)),
         "torch": lambda: make_loader(ShardStream(args.shards, args.split, spec), args.workers)}
-    dali = dali_factory(args, spec)
-    if dali is not None:
-        loaders["dali"] = dali
+    loaders.update(dali_factories(args, spec, pixels))
     rates = alternate(loaders, args.seconds, args.rounds)
-    print(f"torch (ShardStream + DataLoader): {rates['torch'][0]:10.0f} images/s ({rates['torch'][1]} images)")
-    if "dali" in rates:
-        device = "gpu" if torch.cuda.is_available() else "cpu"
-        print(f"dali ({device}, DaliStream):          {rates['dali'][0]:10.0f} images/s ({rates['dali'][1]} images)")
-        print(f"ratio dali / torch: {rates['dali'][0] / max(rates['torch'][0], 1e-9):.2f}x")
+    device = "gpu" if torch.cuda.is_available() else "cpu"
+    report(rates, {"resident": f"resident (ResidentStream, augment_batch on {pixels.device.type})",
+                   "torch": "torch (ShardStream + DataLoader)",
+                   "dali": f"dali ({device}, DaliStream)",
+                   "dali resident": f"dali resident ({device}, DaliStream fed the resident tensor)"},
+           [("dali", "torch"), ("resident", "torch"), ("dali resident", "torch"),
+            ("dali resident", "dali"), ("dali resident", "resident")])
 
 
-def dali_factory(args: argparse.Namespace, spec: StreamSpec) -> Any:
-    """A maker of DaliStreams, or None (after saying why) where DALI cannot run here."""
+def dali_factories(args: argparse.Namespace, spec: StreamSpec, pixels: torch.Tensor) -> dict[str, Callable]:
+    """Makers of DaliStreams fed PNG bytes and fed the resident tensor, or none (after saying
+    why) where DALI cannot run here."""
     try:
         from datasets.dali import DaliStream
 
         device = "gpu" if torch.cuda.is_available() else "cpu"
-        make = lambda: DaliStream(args.shards, args.split, spec, device=device)  # noqa: E731
-        make()  # fail here, once, rather than mid-benchmark
-        return make
+        makers = {"dali": lambda: DaliStream(args.shards, args.split, spec, device=device,
+                                             num_threads=args.dali_threads),
+                  "dali resident": lambda: DaliStream(args.shards, args.split, spec, device=device,
+                                                      num_threads=args.dali_threads, pixels=pixels)}
+        for make in makers.values():
+            make()  # fail here, once, rather than mid-benchmark
+        return {name: (lambda make=make: epochs(make())) for name, make in makers.items()}
     except DataError:
         raise
-    except Exception as e:  # DALI missing or broken: say so, keep the torch number
+    except Exception as e:  # DALI missing or broken: say so, keep the other numbers
         print(f"dali: unavailable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
-        return None
+        return {}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
-        if args.batch_size < 1 or args.workers < 0 or args.seconds <= 0 or args.rounds < 1:
-            raise DataError("--batch-size and --rounds must be >= 1, --workers >= 0, --seconds > 0")
+        if min(args.batch_size, args.rounds, args.dali_threads) < 1 or min(args.workers, args.threads) < 0 \
+                or args.seconds <= 0:
+            raise DataError("--batch-size, --rounds and --dali-threads must be >= 1, --workers and "
+                            "--threads >= 0, --seconds > 0")
+        if args.threads:
+            torch.set_num_threads(args.threads)
         bench_reader(args) if args.loader == "reader" else bench_augmented(args)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)

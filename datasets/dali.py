@@ -1,11 +1,20 @@
-"""DaliStream: the balanced (or any) sampling stream decoded and augmented by DALI.
+"""DaliStream: the balanced (or any) sampling stream augmented by DALI.
 
 Same iterable-of-batches interface as `datasets.stream.ShardStream`. The sampler
-(`epoch_plan` + `rank_batches`) picks the sample ids of every batch; an `external_source`
-callback reads their PNG bytes through `SampleReader` and draws the per-sample augmentation
-parameters in numpy (see `datasets.dali_ops`); DALI decodes (`device='mixed'` on a GPU) and
-augments; batches come out as torch tensors on this process's GPU, or on the CPU in DALI's
-CPU mode (`device_id=None`). Nothing is written to disk: every epoch draws a fresh set.
+(`epoch_plan` + `rank_batches`) picks the sample ids of every batch; `external_source`
+callbacks hand DALI the batch's pixels and the per-sample augmentation parameters, drawn in
+numpy (see `datasets.dali_ops`); DALI augments; batches come out as torch tensors on this
+process's GPU, or on the CPU in DALI's CPU mode (`device_id=None`).
+
+Two sources of pixels:
+- resident (`pixels=`, the split decoded once, `datasets.resident.load_pixels`): the source
+  gathers the batch from that uint8 tensor (on the GPU in GPU mode, handed over as GPU memory);
+  no decode. Labels and ids are gathered on the same device.
+- PNG (default): the source reads the PNG bytes through `SampleReader`; DALI decodes them (on
+  the CPU: `device='mixed'` decodes only JPEG on the GPU). Labels and ids are copied from pinned
+  memory without blocking.
+One pipeline serves the whole stream: its sources read the pass that `__iter__` starts (from
+set_epoch's epoch and start batch), a pass ends with StopIteration and `pipe.reset()`.
 """
 from __future__ import annotations
 
@@ -13,6 +22,7 @@ import io
 import os
 import re
 from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -23,7 +33,8 @@ from nvidia.dali.plugin.pytorch.torch_utils import to_torch_tensor
 
 from datasets.augment import AugmentSpec
 from datasets.dali_ops import PARAM_TYPES, augment_graph, draw_params, noise_bank, used_params
-from datasets.stream_spec import StreamSpec, open_split
+from datasets.resident import load_pixels
+from datasets.stream_spec import Batch, OpenSplit, StreamSpec, open_split
 from shards.access import SampleReader
 from shards.errors import DataError
 
@@ -58,25 +69,118 @@ def padded_bytes(samples: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
     return out, lengths[:, None]
 
 
+def resident_pixels(root: Path | str, split: str, spec: StreamSpec, budget: float, *,
+                    workers: int = 0) -> torch.Tensor | None:
+    """The split decoded once (uint8 [N,1,S,S], cached beside the shards) when it takes at most
+    `budget` bytes, else None (the PNG path)."""
+    data = open_split(root, split, spec)
+    if len(data.split) * spec.input_size ** 2 > budget:
+        return None
+    return torch.from_numpy(load_pixels(data, spec.input_size, workers=workers))
+
+
+@dataclass
+class _Pass:
+    """One pass over (the rest of) an epoch: what the sources hand DALI, iteration by iteration."""
+    epoch: int
+    batches: list[np.ndarray]              # the epoch's batches (sample ids)
+    todo: list[int]                        # batch numbers of this pass, in order
+    ids: torch.Tensor | None = None        # resident: the epoch's ids on the pixels' device
+    bounds: list[int] | None = None        # resident: batch b is ids[bounds[b]:bounds[b + 1]]
+    in_flight: deque = field(default_factory=deque)   # batch numbers fed, not yet delivered
+    open: bool = True                      # False: abandoned; the sources end it at once
+
+
+class _Feeder:
+    """The external_source callbacks. They hold no reference to the stream (no cycle through
+    the pipeline) and read `current`, the pass DaliStream.__iter__ started."""
+
+    def __init__(self, data: OpenSplit, spec: StreamSpec, augment: AugmentSpec,
+                 pixels: np.ndarray | torch.Tensor | None) -> None:
+        self.split, self.spec, self.augment = data.split, spec, augment
+        self.reader = SampleReader(data.split)
+        self.pixels = pixels
+        self.noise = noise_bank(augment.speckle, spec.seed, spec.input_size)
+        self.names = used_params(augment)
+        self.stream: torch.cuda.Stream | None = None   # GPU pixels: gathered, and copied by DALI, on it
+        self.current: _Pass | None = None
+
+    def _next(self, info) -> tuple[_Pass, int]:
+        p = self.current
+        if p is None or not p.open or info.iteration >= len(p.todo):
+            raise StopIteration
+        return p, p.todo[info.iteration]
+
+    def images(self, info) -> tuple:
+        """PNG path: (padded bytes, lengths); resident: (uint8 [B,S,S,1] on the pixels' device,)."""
+        p, number = self._next(info)
+        p.in_flight.append(number)
+        ids = p.batches[number]
+        if self.pixels is None:
+            return padded_bytes([self.reader.read(int(i)) for i in ids])
+        size = self.spec.input_size
+        if isinstance(self.pixels, np.ndarray):       # CPU: a numpy take straight into one array
+            return (np.take(self.pixels, ids, axis=0).reshape(len(ids), size, size, 1),)
+        with torch.cuda.stream(self.stream):           # DALI copies on this stream too: ordered
+            ids = p.ids[p.bounds[number]:p.bounds[number + 1]]
+            return (self.pixels.index_select(0, ids).view(len(ids), size, size, 1),)
+
+    def params(self, info) -> tuple[np.ndarray, ...]:
+        """The batch's augmentation parameters, from a generator seeded by (seed, epoch, rank,
+        batch number): the same whichever pass, source or device."""
+        p, number = self._next(info)
+        ids = p.batches[number]
+        rng = np.random.default_rng([self.spec.seed, p.epoch, self.spec.rank, number, _PARAM_SALT])
+        if self.pixels is None:
+            height, width = self.split.height[ids], self.split.width[ids]
+        else:                                          # resident chips are already S×S
+            height = width = np.full(len(ids), self.spec.input_size)
+        return draw_params(self.augment, height, width, self.spec.input_size, rng,
+                           self.noise).columns(self.names)
+
+
 class DaliStream:
     """Iterable of (images [B,1,S,S], labels int64 [B], ids int64 [B]) batches for one rank."""
 
     def __init__(self, root, split: str, spec: StreamSpec, *, device: str = "auto",
                  dtype: torch.dtype = torch.float32, channels_last: bool = False,
-                 num_threads: int = 2) -> None:
+                 num_threads: int = 2, pixels: torch.Tensor | None = None) -> None:
         self.data = open_split(root, split, spec)
         self.spec = spec
         self._split = self.data.split
         if dtype not in _DTYPES:
             raise DataError(f"{self.data.where()}: dtype must be float32, float16 or bfloat16, got {dtype}")
+        if num_threads < 1:
+            raise DataError(f"{self.data.where()}: num_threads must be >= 1, got {num_threads}")
         self.classes: list[str] = self.data.classes
         self.class_counts: np.ndarray = self.data.class_counts
         self.augment = spec.augment or AugmentSpec()
         self.device = resolve_device(device, self.data.where())
+        self.torch_device = torch.device("cuda", local_gpu()) if self.device == "gpu" else torch.device("cpu")
         self.dtype, self.channels_last, self.num_threads = dtype, channels_last, num_threads
-        self._reader = SampleReader(self._split)
-        self._noise = noise_bank(self.augment.speckle, spec.seed, spec.input_size)
+        self.pixels = self._place(pixels)
+        self._labels = None if self.pixels is None else \
+            torch.from_numpy(self._split.labels.astype(np.int64)).to(self.torch_device)
+        self._feeder = _Feeder(self.data, spec, self.augment,
+                               self.pixels.numpy() if self.pixels is not None and self.device == "cpu" else self.pixels)
+        if self.pixels is not None and self.device == "gpu":   # a side stream: the gather and
+            self._feeder.stream = torch.cuda.Stream(self.torch_device)   # copy do not wait for training
+        self._pipe: Pipeline | None = None
+        self._pipe_batch = 0
+        self.builds = 0                                  # pipelines built: one per stream
+        self._epoch_ids: tuple[int, torch.Tensor, list[int]] | None = None
         self.set_epoch(0)
+
+    def _place(self, pixels: torch.Tensor | np.ndarray | None) -> torch.Tensor | None:
+        """The resident pixels on the device DALI reads them from, checked against the split."""
+        if pixels is None:
+            return None
+        pixels = torch.as_tensor(pixels)
+        size = self.spec.input_size
+        if pixels.dtype != torch.uint8 or tuple(pixels.shape) != (len(self._split), 1, size, size):
+            raise DataError(f"{self.data.where()}: resident pixels must be uint8 "
+                            f"{(len(self._split), 1, size, size)}, got {pixels.dtype} {tuple(pixels.shape)}")
+        return pixels.to(self.torch_device).contiguous()
 
     # -- position in the stream --------------------------------------------------------
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
@@ -100,70 +204,115 @@ class DaliStream:
         self.set_epoch(int(state["epoch"]), int(state["batch"]))
 
     # -- iteration ---------------------------------------------------------------------
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        epoch, batches = self.epoch, self._batches   # fixed for this pass, whatever set_epoch does
-        todo = list(range(self.start_batch, len(batches)))
+    def __iter__(self) -> Iterator[Batch]:
+        """Start a pass over the current epoch from start_batch. The batches are fixed here,
+        whatever set_epoch does later; a pass left unfinished is closed by the next one."""
+        self._close_pass()
+        todo = list(range(self.start_batch, len(self._batches)))
         if not todo:
+            return iter(())
+        pipe = self._pipeline(max(len(self._batches[n]) for n in todo))
+        p = _Pass(self.epoch, self._batches, todo)
+        if self.pixels is not None:
+            p.ids, p.bounds = self._device_ids()
+        self._feeder.current = p
+        return self._deliver(pipe, p)
+
+    def _deliver(self, pipe: Pipeline, p: _Pass) -> Iterator[Batch]:
+        while self._feeder.current is p:       # an iterator of an older pass just stops
+            try:
+                (images,) = pipe.run()
+            except StopIteration:              # the sources ran out: the end of this pass
+                pipe.reset()
+                self._feeder.current = None
+                return
+            except RuntimeError as err:        # DALI failed (a PNG that does not decode)
+                self._discard()
+                raise self._decode_error([p.batches[n] for n in p.in_flight], err) from None
+            except BaseException:              # a source raised (DataError of a bad shard)
+                self._discard()
+                raise
+            number = p.in_flight.popleft()
+            out = self._to_torch(images, pipe)
+            labels, ids = self._labels_ids(p, number)
+            self.position = number + 1
+            yield out, labels, ids
+
+    def _close_pass(self) -> None:
+        """End a pass left unfinished: its sources stop, the batches DALI had already prefetched
+        (at most the queue depth) are dropped, and the pipeline is reset for the next pass."""
+        p, self._feeder.current = self._feeder.current, None
+        if p is None or self._pipe is None:
             return
-        in_flight: deque[int] = deque()      # batch numbers handed to DALI, not yet delivered
-        pipe = self._build(self._source(epoch, batches, todo, in_flight),
-                           max(len(batches[n]) for n in todo))
+        p.open = False
         try:
-            for _ in todo:
-                try:
-                    (images,) = pipe.run()
-                except StopIteration:
-                    break
-                except RuntimeError as err:
-                    raise self._decode_error([batches[n] for n in in_flight], err) from None
-                number = in_flight.popleft()
-                batch = batches[number]
-                ids = torch.from_numpy(batch.astype(np.int64))
-                labels = torch.from_numpy(self._split.labels[batch].astype(np.int64))
-                out = self._to_torch(images, pipe)
-                self.position = number + 1
-                yield out, labels.to(out.device), ids.to(out.device)
-        finally:
-            del pipe
+            while True:
+                self._pipe.run()
+        except StopIteration:
+            self._pipe.reset()
+        except Exception:   # a prefetched batch that fails belongs to the abandoned pass
+            self._discard()
 
-    def _source(self, epoch: int, batches: list[np.ndarray], todo: list[int], in_flight: deque):
-        """external_source callback: bytes and parameters of the i-th batch still to do, the
-        parameters drawn from a generator seeded by (seed, epoch, rank, batch number)."""
-        names = used_params(self.augment)
+    def _discard(self) -> None:
+        """After a failure the pipeline's state is unknown: the next pass builds a new one."""
+        self._feeder.current, self._pipe, self._pipe_batch = None, None, 0
 
-        def feed(info):
-            if info.iteration >= len(todo):
-                raise StopIteration
-            number = todo[info.iteration]
-            ids = batches[number]
-            data, lengths = padded_bytes([self._reader.read(int(i)) for i in ids])
-            rng = np.random.default_rng([self.spec.seed, epoch, self.spec.rank, number, _PARAM_SALT])
-            params = draw_params(self.augment, self._split.height[ids], self._split.width[ids],
-                                 self.spec.input_size, rng, self._noise)
-            in_flight.append(number)
-            return (data, lengths, *params.columns(names))
-        return feed
+    def _device_ids(self) -> tuple[torch.Tensor, list[int]]:
+        """The epoch's ids as one tensor on the pixels' device: one copy per epoch."""
+        if self._epoch_ids is None or self._epoch_ids[0] != self.epoch:
+            ids = torch.from_numpy(np.concatenate(self._batches).astype(np.int64)).to(self.torch_device)
+            bounds = np.cumsum([0] + [len(b) for b in self._batches]).tolist()
+            self._epoch_ids = (self.epoch, ids, bounds)
+            if self._feeder.stream is not None:   # ids and pixels were copied on the current stream
+                self._feeder.stream.wait_stream(torch.cuda.current_stream(self.torch_device))
+                ids.record_stream(self._feeder.stream)   # read there: freed only after those reads
+        return self._epoch_ids[1], self._epoch_ids[2]
 
-    def _build(self, source, largest: int) -> Pipeline:
-        """source -> decode -> augment -> normalise; one pipeline per pass over an epoch."""
-        gpu = self.device == "gpu"
-        pipe = Pipeline(batch_size=max(self.spec.batch_size, largest), num_threads=self.num_threads,
-                        device_id=local_gpu() if gpu else None, seed=self.spec.seed,
+    def _labels_ids(self, p: _Pass, number: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if p.ids is not None:                  # resident: already on the device
+            ids = p.ids[p.bounds[number]:p.bounds[number + 1]]
+            return self._labels[ids], ids
+        batch = p.batches[number]
+        both = torch.from_numpy(np.stack([self._split.labels[batch], batch]).astype(np.int64))
+        if self.device == "gpu":               # one pinned buffer, copied without a host sync
+            both = both.pin_memory().to(self.torch_device, non_blocking=True)
+        return both[0], both[1]
+
+    # -- the pipeline ------------------------------------------------------------------
+    def _pipeline(self, largest: int) -> Pipeline:
+        """The stream's pipeline, built on first use; again only after a failure or for an epoch
+        whose batches are larger than any before (a plan too short for whole batches)."""
+        if self._pipe is None or self._pipe_batch < largest:
+            self._pipe_batch = max(self.spec.batch_size, largest)
+            self._pipe = self._build(self._pipe_batch)
+        return self._pipe
+
+    def _build(self, batch_size: int) -> Pipeline:
+        """source -> (decode) -> augment -> normalise."""
+        gpu, feeder = self.device == "gpu", self._feeder
+        pipe = Pipeline(batch_size=batch_size, num_threads=self.num_threads,
+                        device_id=self.torch_device.index if gpu else None, seed=self.spec.seed,
                         prefetch_queue_depth=2)
-        names = used_params(self.augment)
         with pipe:
-            padded, lengths, *columns = fn.external_source(
-                source=source, num_outputs=2 + len(names), batch=True, batch_info=True,
-                dtype=[types.UINT8, types.INT32] + [PARAM_TYPES[n] for n in names])
-            params = dict(zip(names, columns))
-            encoded = fn.slice(padded, types.Constant(np.zeros(1, np.int32)), lengths, axes=[0])
-            image = fn.decoders.image(encoded, device="mixed" if gpu else "cpu", output_type=types.GRAY)
-            x = augment_graph(image, params, self.augment, self.spec.input_size, "gpu" if gpu else "cpu")
+            if self.pixels is None:
+                padded, lengths = fn.external_source(source=feeder.images, num_outputs=2, batch=True,
+                                                     batch_info=True, dtype=[types.UINT8, types.INT32])
+                encoded = fn.slice(padded, types.Constant(np.zeros(1, np.int32)), lengths, axes=[0])
+                image = fn.decoders.image(encoded, device="mixed" if gpu else "cpu", output_type=types.GRAY)
+            else:
+                (image,) = fn.external_source(source=feeder.images, num_outputs=1, batch=True,
+                                              batch_info=True, dtype=[types.UINT8], layout=["HWC"],
+                                              device="gpu" if gpu else "cpu", cuda_stream=feeder.stream)
+            columns = fn.external_source(source=feeder.params, num_outputs=len(feeder.names), batch=True,
+                                         batch_info=True, dtype=[PARAM_TYPES[n] for n in feeder.names])
+            x = augment_graph(image, dict(zip(feeder.names, columns)), self.augment, self.spec.input_size,
+                              "gpu" if gpu else "cpu")
             norm = self.data.normalizer
             out = fn.crop_mirror_normalize(x, mean=norm.mean * 255.0, std=norm.std * 255.0,
                                            dtype=_DTYPES[self.dtype], output_layout="CHW")
             pipe.set_outputs(out)
         pipe.build()
+        self.builds += 1
         return pipe
 
     def _to_torch(self, images, pipe: Pipeline) -> torch.Tensor:
@@ -187,7 +336,7 @@ class DaliStream:
         first_line = next((line for line in str(err).splitlines() if "decode" in line.lower()), "")
         for ids in pending:
             for i in ids:
-                data = self._reader.read(int(i))
+                data = self._feeder.reader.read(int(i))
                 try:
                     with Image.open(io.BytesIO(data)) as im:
                         im.load()

@@ -1,9 +1,10 @@
 """DaliStream in DALI's CPU mode: sampling, exactness against the torch path, augmentation
-ranges and statistics, determinism, resume, and bad input."""
+ranges and statistics, determinism, resume (one pipeline per stream), bad input, and the
+resident source (the split decoded once) against the PNG source."""
 from __future__ import annotations
 
 import json
-import warnings
+import shutil
 import zlib
 from pathlib import Path
 
@@ -11,14 +12,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 pytest.importorskip("nvidia.dali")
+from nvidia.dali import Pipeline, fn, types  # noqa: E402
 
 from datasets.augment import AugmentSpec, augment_batch, border_median, to_input  # noqa: E402
 from datasets.dali import DaliStream  # noqa: E402
-from datasets.dali_ops import draw_params  # noqa: E402
+from datasets.dali_ops import draw_params, ring_median  # noqa: E402
 from datasets.sampling import SamplingSpec, epoch_plan, rank_batches  # noqa: E402
-from datasets.stream_spec import StreamSpec  # noqa: E402
+from datasets.resident import load_pixels  # noqa: E402
+from datasets.stream_spec import StreamSpec, open_split  # noqa: E402
 from shards.access import SampleReader  # noqa: E402
 from shards.errors import DataError  # noqa: E402
 from shards.index import ClassIndex  # noqa: E402
@@ -34,32 +38,35 @@ def shards(module_shards: Path) -> Path:
     return module_shards
 
 
-def make_dali(root: Path, split: str, *, device: str = "auto", dtype=torch.float32, channels_last: bool = False,
-              num_threads: int = 2, **spec) -> DaliStream:
-    """A DaliStream from flat keyword arguments: the StreamSpec's fields plus DALI's own."""
-    return DaliStream(root, split, StreamSpec(**spec), device=device, dtype=dtype,
-                      channels_last=channels_last, num_threads=num_threads)
+DALI_KW = ("device", "dtype", "channels_last", "num_threads", "pixels")
 
 
-def stream(root: Path, **kw) -> DaliStream:
-    args = dict(batch_size=16, sampling=BALANCED, augment=None, device="cpu")
-    args.update(kw)
-    return make_dali(root, "train", **args)
+def stream(root: Path, split: str = "train", **kw) -> DaliStream:
+    """A CPU-mode DaliStream from flat keyword arguments: the StreamSpec's fields plus DALI's own."""
+    kw = {"batch_size": 16, "sampling": BALANCED, "augment": None, "device": "cpu", **kw}
+    own = {k: kw.pop(k) for k in DALI_KW if k in kw}
+    return DaliStream(root, split, StreamSpec(**kw), **own)
 
 
-def collect(s: DaliStream) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    return list(s)
+def resident(root: Path, **kw) -> DaliStream:
+    """The same stream fed from the split decoded once (the resident source)."""
+    data = open_split(root, "train", StreamSpec(1, SamplingSpec(kind="sequential")))
+    return stream(root, pixels=torch.from_numpy(load_pixels(data, S, cache=False)), **kw)
+
+
+collect = list   # every batch of the stream's current pass
+
+
+def same(a: tuple, b: tuple) -> bool:
+    return all(torch.equal(u, v) for u, v in zip(a, b))
 
 
 def originals(root: Path, ids: torch.Tensor) -> list[torch.Tensor]:
     """uint8 [1,H,W] of each id, decoded by torchvision from the bytes SampleReader returns."""
-    from torchvision.io import ImageReadMode, decode_png
+    from datasets.decode import decode_png
 
     reader = SampleReader(ClassIndex.load(root).split("train"))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return [decode_png(torch.frombuffer(bytearray(reader.read(int(i))), dtype=torch.uint8),
-                           ImageReadMode.GRAY) for i in ids]
+    return [decode_png(torch.frombuffer(bytearray(reader.read(int(i))), dtype=torch.uint8)) for i in ids]
 
 
 def unnormalise(s: DaliStream, x: torch.Tensor) -> torch.Tensor:
@@ -91,25 +98,14 @@ def test_two_ranks_split_the_epoch_with_equal_step_counts_and_variable_batches(s
     split = ClassIndex.load(shards).split("train")
     plan = epoch_plan(split.labels, spec, epoch=0, total_epochs=1, seed=0)
     for r, batches in enumerate(got):
-        sizes = [len(b[2]) for b in batches]
-        assert sizes == [len(b) for b in rank_batches(plan, 7, r, 2)]
+        assert [len(b[2]) for b in batches] == [len(b) for b in rank_batches(plan, 7, r, 2)]
     ids = torch.cat([b[2] for batches in got for b in batches])
     assert sorted(ids.tolist()) == list(range(len(split)))  # exactly once over both ranks
 
 
 # -- exactness against the torch path ---------------------------------------------------------
-def test_identity_spec_reproduces_to_input_and_normalisation(shards):
-    s = stream(shards, sampling=SamplingSpec(kind="sequential"))
-    images, labels, ids = next(iter(s))
-    for out, img in zip(images, originals(shards, ids)):
-        expected = (to_input(img, S).float() / 255 - s.data.normalizer.mean) / s.data.normalizer.std
-        torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
-
-
-def test_labels_match_the_raw_images(shards, tmp_path_factory):
-    """The pixels delivered with label c are those of the raw file <c>/<key>.png."""
-    from PIL import Image
-
+def test_identity_spec_gives_to_input_of_the_raw_image_with_its_label(shards):
+    """The pixels delivered with label c are to_input of the raw file <c>/<key>.png, normalised."""
     raw = shards.parent / "raw"
     s = stream(shards, batch_size=8, sampling=SamplingSpec(kind="class", per_class=4))
     split = ClassIndex.load(shards).split("train")
@@ -254,37 +250,41 @@ def test_same_seed_same_stream_other_seed_or_epoch_differs(shards):
     first = collect(stream(shards, augment=STRONG, seed=5))
     again = collect(stream(shards, augment=STRONG, seed=5))
     other = collect(stream(shards, augment=STRONG, seed=6))
-    for (x, y, i), (x2, y2, i2) in zip(first, again):
-        assert torch.equal(x, x2) and torch.equal(y, y2) and torch.equal(i, i2)
+    assert all(same(a, b) for a, b in zip(first, again))
     assert not torch.equal(first[0][0], other[0][0])
     s = stream(shards, augment=STRONG, seed=5)
     s.set_epoch(1)
     assert not torch.equal(next(iter(s))[2], first[0][2])
 
 
-def test_resume_mid_epoch_continues_the_same_stream(shards):
-    s = stream(shards, augment=STRONG, seed=2, batch_size=24)
+@pytest.mark.parametrize("source", ["png", "resident"])
+def test_resume_mid_epoch_continues_the_same_stream(shards, source):
+    """...and one pipeline serves every pass: whole, left after a batch, resumed, repeated."""
+    make, kw = (resident if source == "resident" else stream), dict(augment=STRONG, seed=2, batch_size=24)
+    s = make(shards, **kw)
+    first = collect(s)
     s.set_epoch(1)
     full = collect(s)
     assert len(full) == len(s) > 3
-    # Consume 2 batches, save state, resume in a new stream: the rest is identical.
-    it = iter(s)
+    next(iter(s)), next(iter(s))                        # passes abandoned after one batch
+    it = iter(s)                                        # 2 batches, save, resume: the rest is identical
     next(it), next(it)
-    state = s.state_dict()
-    assert state == {"epoch": 1, "batch": 2}
-    resumed = stream(shards, augment=STRONG, seed=2, batch_size=24)
+    assert (state := s.state_dict()) == {"epoch": 1, "batch": 2}
+    resumed = make(shards, **kw)
     resumed.load_state_dict(state)
     assert len(resumed) == len(full)
-    rest = collect(resumed)
-    assert len(rest) == len(full) - 2
-    for (x, y, i), (x2, y2, i2) in zip(full[2:], rest):
-        assert torch.equal(x, x2) and torch.equal(y, y2) and torch.equal(i, i2)
+    for rest in (collect(resumed), collect(resumed)):   # twice: a finished pass resets cleanly
+        assert len(rest) == len(full) - 2 and all(same(a, b) for a, b in zip(full[2:], rest))
     # set_epoch(e, start_batch=k) is the same thing, and iterating again repeats from there.
     resumed.set_epoch(1, start_batch=len(full) - 1)
     assert torch.equal(collect(resumed)[0][0], full[-1][0])
     assert torch.equal(collect(resumed)[0][0], full[-1][0])
     resumed.set_epoch(1, start_batch=len(full))
     assert collect(resumed) == []
+    s.set_epoch(0)                                      # after a pass left open mid-epoch
+    again = collect(s)
+    assert len(again) == len(first) and all(same(a, b) for a, b in zip(first, again))
+    assert s.builds == resumed.builds == 1
 
 
 def test_half_precision_and_channels_last_on_cpu(shards):
@@ -318,10 +318,7 @@ def corrupt_sample(root: Path, key: str) -> None:
 
 
 def test_undecodable_sample_names_shard_and_key(shards, tmp_path):
-    import shutil
-
-    root = tmp_path / "shards"
-    shutil.copytree(shards, root)
+    root = shutil.copytree(shards, tmp_path / "shards")
     split = ClassIndex.load(root).split("train")
     victim = int(np.flatnonzero(split.labels == 3)[0])        # the 3-image tail class
     corrupt_sample(root, split.keys[victim])
@@ -334,10 +331,7 @@ def test_undecodable_sample_names_shard_and_key(shards, tmp_path):
 
 
 def test_crc_mismatch_is_a_data_error_naming_the_shard(shards, tmp_path):
-    import shutil
-
-    root = tmp_path / "shards"
-    shutil.copytree(shards, root)
+    root = shutil.copytree(shards, tmp_path / "shards")
     index = json.loads((root / "index.json").read_text())
     index["splits"]["train"]["samples"]["crc32"][0] ^= 1
     (root / "index.json").write_text(json.dumps(index))
@@ -352,26 +346,20 @@ def test_requested_class_without_samples_is_refused_before_training(shards):
 
 
 def test_bad_arguments_are_data_errors(shards):
+    bad = [({"device": "tpu"}, "device"), ({"dtype": torch.int8}, "dtype"), ({"rank": 2, "world": 2}, "rank"),
+           ({"num_threads": 0}, "num_threads"), ({"pixels": torch.zeros(3, 1, S, S, dtype=torch.uint8)}, "resident")]
     if not torch.cuda.is_available():
-        with pytest.raises(DataError, match="CUDA"):
-            stream(shards, device="gpu")
-    with pytest.raises(DataError, match="device"):
-        stream(shards, device="tpu")
-    with pytest.raises(DataError, match="dtype"):
-        stream(shards, dtype=torch.int8)
+        bad.append(({"device": "gpu"}, "CUDA"))
+    for kw, match in bad:
+        with pytest.raises(DataError, match=match):
+            stream(shards, **kw)
     with pytest.raises(DataError, match="start_batch"):
         stream(shards).set_epoch(0, start_batch=99)
-    with pytest.raises(DataError, match="rank"):
-        stream(shards, rank=2, world=2)
     with pytest.raises(DataError, match="split"):
-        make_dali(shards, "nope", batch_size=4, sampling=BALANCED, augment=None, device="cpu")
+        stream(shards, "nope")
 
 
 def test_ring_median_matches_torch_on_edge_cases():
-    from nvidia.dali import Pipeline, fn, types
-
-    from datasets.dali_ops import ring_median
-
     rng = np.random.default_rng(0)
     canvases = [rng.integers(0, 256, (S, S), dtype=np.uint8) for _ in range(4)]
     canvases += [np.zeros((S, S), np.uint8), np.full((S, S), 255, np.uint8),
@@ -386,3 +374,24 @@ def test_ring_median_matches_torch_on_edge_cases():
     got = [float(np.array(t)) for t in pipe.run()[0]]
     expected = border_median(torch.from_numpy(np.stack(canvases))[:, None]).tolist()
     assert got == expected
+
+
+# -- resident source: pixels decoded once, no PNG decode ------------------------------------
+@pytest.mark.parametrize("augment", [None, STRONG], ids=["identity", "strong"])
+def test_resident_source_gives_the_png_path_batches(shards, augment):
+    kw = dict(augment=augment, seed=7, batch_size=24, rank=1, world=2)
+    png, res = collect(stream(shards, **kw)), collect(resident(shards, **kw))
+    assert len(png) == len(res) > 1
+    for (x, y, i), (xr, yr, ir) in zip(png, res):
+        assert torch.equal(i, ir) and torch.equal(y, yr)   # pixels: the same ops on the same canvas
+        torch.testing.assert_close(xr, x, atol=1e-5, rtol=0)
+
+
+def test_the_trainer_feeds_dali_each_split_decoded_once_when_it_fits(shards, monkeypatch):
+    from trainer import streams
+
+    st = streams.Streams(str(shards), "dali", S, 16, 16, 0, 2)
+    a, b = st.eval("train"), st.open("train", StreamSpec(16, BALANCED, STRONG, S))   # eval, then a stage
+    assert a.pixels is not None and a.pixels is b.pixels is st.pixels[("train", S)]
+    monkeypatch.setattr(streams, "free_memory", lambda device: 0)   # does not fit: the PNG path
+    assert st.eval("val").pixels is None

@@ -1,5 +1,7 @@
 """DaliStream on a GPU: mixed decode, tensors on this process's GPU, half precision and
-channels-last output, and agreement with DALI's CPU mode. Skipped without CUDA or DALI."""
+channels-last output, agreement with DALI's CPU mode, and the resident source fed from GPU
+memory (no decode, labels gathered on the GPU, one pipeline per stream). Skipped without CUDA
+or DALI."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,8 +16,9 @@ pytestmark = pytest.mark.gpu
 
 from datasets.augment import AugmentSpec  # noqa: E402
 from datasets.dali import DaliStream  # noqa: E402
+from datasets.resident import load_pixels  # noqa: E402
 from datasets.sampling import SamplingSpec  # noqa: E402
-from datasets.stream_spec import StreamSpec  # noqa: E402
+from datasets.stream_spec import StreamSpec, open_split  # noqa: E402
 
 STRONG = AugmentSpec(rotate="free", hflip=True, vflip=True, crop_scale=(0.6, 1.0), translate=3,
                      speckle=0.25, brightness=0.2, contrast=0.2)
@@ -27,10 +30,10 @@ def shards(module_shards: Path) -> Path:
 
 
 def make_dali(root: Path, split: str, *, device: str = "auto", dtype=torch.float32, channels_last: bool = False,
-              num_threads: int = 2, **spec) -> DaliStream:
+              num_threads: int = 2, pixels: torch.Tensor | None = None, **spec) -> DaliStream:
     """A DaliStream from flat keyword arguments: the StreamSpec's fields plus DALI's own."""
     return DaliStream(root, split, StreamSpec(**spec), device=device, dtype=dtype,
-                      channels_last=channels_last, num_threads=num_threads)
+                      channels_last=channels_last, num_threads=num_threads, pixels=pixels)
 
 
 def stream(root: Path, **kw) -> DaliStream:
@@ -85,3 +88,39 @@ def test_resume_is_exact_on_gpu(shards):
     assert len(rest) == len(full) - 2
     for (x, _, i), (x2, _, i2) in zip(full[2:], rest):
         assert torch.equal(i, i2) and torch.equal(x, x2)
+
+
+def pixels(root: Path, device: str) -> torch.Tensor:
+    data = open_split(root, "train", StreamSpec(1, SamplingSpec(kind="sequential")))
+    return torch.from_numpy(load_pixels(data, 56, cache=False)).to(device)
+
+
+@pytest.mark.parametrize("spec", [None, STRONG], ids=["identity", "strong"])
+def test_resident_gpu_source_matches_the_png_path_and_cpu_mode(shards, spec, monkeypatch):
+    """GPU memory handed to external_source: the same batches as the PNG path on the GPU (same
+    canvas, same parameters) and as the resident source in DALI's CPU mode."""
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    res = stream(shards, augment=spec, seed=4, pixels=pixels(shards, "cuda"))
+    assert res.pixels.is_cuda
+    got = list(res)
+    png = list(stream(shards, augment=spec, seed=4))
+    cpu = list(stream(shards, augment=spec, seed=4, device="cpu", pixels=pixels(shards, "cpu")))
+    assert len(got) == len(png) == len(cpu) == 3
+    for (x, y, i), (xp, yp, ip), (xc, yc, ic) in zip(got, png, cpu):
+        assert x.device == y.device == i.device == torch.device("cuda", 0)
+        assert torch.equal(i, ip) and torch.equal(y, yp) and torch.equal(i.cpu(), ic) and torch.equal(y.cpu(), yc)
+        for other in (xp.cpu(), xc):
+            diff = (x.cpu() - other).abs()
+            assert diff.max().item() < (1e-5 if spec is None else 0.05) and diff.mean().item() < 1e-3
+
+
+def test_resident_gpu_resume_is_exact_with_one_pipeline(shards):
+    s = stream(shards, augment=STRONG, seed=1, batch_size=8, pixels=pixels(shards, "cuda"))
+    s.set_epoch(1)
+    full = list(s)
+    next(iter(s))                                   # a pass left after one batch
+    s.set_epoch(1, start_batch=2)
+    rest = list(s)
+    assert len(rest) == len(full) - 2 and s.builds == 1
+    for (x, y, i), (x2, y2, i2) in zip(full[2:], rest):
+        assert torch.equal(i, i2) and torch.equal(y, y2) and torch.equal(x, x2)

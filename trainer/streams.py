@@ -73,9 +73,17 @@ class Streams:
 
     def open(self, split: str, spec: StreamSpec):
         if self.kind == "dali":
-            from datasets.dali import DaliStream
+            from datasets.dali import DaliStream, resident_pixels
 
-            return DaliStream(self.shards, split, spec, num_threads=self.dali_threads)
+            key = (split, spec.input_size)   # fed from the split decoded once when it fits, else PNGs
+            pixels = self.pixels.get(key)
+            if pixels is None:
+                pixels = resident_pixels(self.shards, split, spec, RESIDENT_SHARE * free_memory(self.device),
+                                         workers=self.num_workers)
+            stream = DaliStream(self.shards, split, spec, num_threads=self.dali_threads, pixels=pixels)
+            if stream.pixels is not None:
+                self.pixels[key] = stream.pixels
+            return stream
         if self.kind == "resident":
             key = (split, spec.input_size)
             stream = ResidentStream(self.shards, split, spec, device=self.device, pixels=self.pixels.get(key),
