@@ -106,10 +106,13 @@ def augment(img: torch.Tensor, spec: AugmentSpec, size: int, gen: torch.Generato
     return augment_batch(to_input(img, size)[None], spec, gen)[0]
 
 
-def augment_batch(x: torch.Tensor, spec: AugmentSpec, gen: torch.Generator) -> torch.Tensor:
-    """uint8 [B,1,S,S] (already to_input) -> float32 [B,1,S,S] in [0,1]; steps 1–7 of the spec,
+def augment_batch(x: torch.Tensor, spec: AugmentSpec, gen: torch.Generator,
+                  speckle_channels: tuple[int, int] | None = None) -> torch.Tensor:
+    """uint8 [B,C,S,S] (already to_input) -> float32 [B,C,S,S] in [0,1]; steps 1–7 of the spec,
     batched with per-image parameters (one warp for the whole batch, no per-image Python).
-    Runs where x is (CPU or CUDA); `gen` must be a generator of the same device."""
+    Geometry and brightness/contrast act on all channels alike; speckle, a radar effect, only on
+    the channels [start, stop) of `speckle_channels` (default: all). Runs where x is (CPU or
+    CUDA); `gen` must be a generator of the same device."""
     n, dev = x.shape[0], gen.device
     if spec.rotate == "right":
         k = torch.randint(0, 4, (n,), generator=gen, device=dev)
@@ -128,8 +131,10 @@ def augment_batch(x: torch.Tensor, spec: AugmentSpec, gen: torch.Generator) -> t
     if spec.contrast > 0:
         mean = out.mean(dim=(1, 2, 3), keepdim=True)
         out.sub_(mean).mul_(_uniform(n, spec.contrast, gen)[:, None, None, None]).add_(mean)
-    if spec.speckle > 0:
-        out.mul_(gamma_noise(out.shape, 1.0 / spec.speckle ** 2, gen))
+    start, stop = speckle_channels or (0, out.shape[1])
+    if spec.speckle > 0 and stop > start:
+        sar = out[:, start:stop]
+        sar.mul_(gamma_noise(sar.shape, 1.0 / spec.speckle ** 2, gen))
     return out.clamp_(0.0, 1.0)
 
 
@@ -137,9 +142,14 @@ def _uniform(n: int, half_width: float, gen: torch.Generator) -> torch.Tensor:
     return 1.0 + (torch.rand(n, generator=gen, device=gen.device) * 2.0 - 1.0) * half_width
 
 
+def _ring(x: torch.Tensor) -> torch.Tensor:
+    """The outer 1-px ring of each image: [B,C,S,S] -> [B,C,4S-4]."""
+    return torch.cat([x[..., 0, :], x[..., -1, :], x[..., 1:-1, 0], x[..., 1:-1, -1]], dim=-1)
+
+
 def border_median(x: torch.Tensor) -> torch.Tensor:
-    """Median of each image's outer 1-px ring: [B,C,S,S] -> [B] (same dtype)."""
-    ring = torch.cat([x[..., 0, :], x[..., -1, :], x[..., 1:-1, 0], x[..., 1:-1, -1]], dim=-1)
+    """Median of each image's outer 1-px ring, over all its channels: [B,C,S,S] -> [B] (same dtype)."""
+    ring = _ring(x)
     return ring.flatten(1).median(dim=1).values
 
 
@@ -165,7 +175,7 @@ def _warp(x: torch.Tensor, spec: AugmentSpec, gen: torch.Generator) -> torch.Ten
     b = offset - torch.einsum("nij,nj->ni", a, shift)
     matrix = torch.cat([a, b[:, :, None]], dim=2)
     xf = x.float().div_(255.0)
-    fill = border_median(xf)[:, None, None, None]
+    fill = _ring(xf).median(dim=-1).values[:, :, None, None]   # per image and channel
     grid = _affine_grid(matrix, size)
     out = F.grid_sample(xf - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out.add_(fill)

@@ -34,8 +34,11 @@ def range_axis(data: OpenSplit, size: int, *, sample: int = SAMPLE, seed: int = 
     """'horizontal' (radar left or right), 'vertical' (radar above or below) or 'unknown', and
     the two asymmetries, from up to `sample` chips of the split."""
     n = len(data.split)
+    start, stop = data.speckle_channels            # the radar's channels; optical chips have none
+    if not n or stop == start:
+        return "unknown", (0.0, 0.0)
     ids = np.sort(np.random.default_rng(seed).permutation(n)[:sample]) if n > sample else np.arange(n)
-    lr, tb = asymmetry(ChipDecoder(data, size)(ids).numpy()) if n else (0.0, 0.0)
+    lr, tb = asymmetry(ChipDecoder(data, size)(ids).numpy()[:, start:stop])
     if lr > CLEAR_RATIO * tb:
         return "horizontal", (lr, tb)
     if tb > CLEAR_RATIO * lr:

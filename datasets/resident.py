@@ -1,4 +1,4 @@
-"""Resident data: a split decoded once into one uint8 tensor [N,1,S,S], kept in RAM or on the GPU.
+"""Resident data: a split decoded once into one uint8 tensor [N,C,S,S], kept in RAM or on the GPU.
 
 Chips are 54–60 px; at 56 px the whole NTIRE training set is 293,772 × 56² ≈ 0.92 GB, so it
 fits in host memory and on any current GPU. Decoding once removes the per-epoch PNG decode and
@@ -36,6 +36,7 @@ def cache_key(data: OpenSplit, size: int) -> dict:
     """What the cached pixels depend on: the split's shards (by checksum), their samples, the size."""
     split = data.split
     return {"format": FORMAT, "split": split.name, "size": size, "count": len(split),
+            "modalities": list(split.modalities),
             "shards": [s.sha256 for s in split.shards],
             "samples_crc32": zlib.crc32(np.ascontiguousarray(split.crc32).tobytes())}
 
@@ -46,7 +47,7 @@ def cache_paths(data: OpenSplit, size: int) -> tuple[Path, Path]:
 
 
 def load_pixels(data: OpenSplit, size: int, *, workers: int = 0, cache: bool = True) -> np.ndarray:
-    """uint8 [N,1,size,size] of every sample of the split, in sample-id order."""
+    """uint8 [N,C,size,size] of every sample of the split, in sample-id order."""
     key = cache_key(data, size)
     pixels = _read_cache(data, size, key) if cache else None
     if pixels is None:
@@ -63,7 +64,7 @@ def decode_all(data: OpenSplit, size: int, workers: int = 0) -> np.ndarray:
     workers = workers or mp.cpu_count()
     decoder = ChipDecoder(data, size)
     if n < PARALLEL_ABOVE or workers <= 1:
-        return np.concatenate([decoder(c).numpy() for c in chunks]) if n else np.zeros((0, 1, size, size), np.uint8)
+        return np.concatenate([decoder(c).numpy() for c in chunks]) if n else np.zeros((0, data.channels, size, size), np.uint8)
     with mp.get_context("spawn").Pool(workers, _init_worker, (decoder,)) as pool:
         return np.concatenate(pool.map(_decode_chunk, chunks))
 
@@ -89,7 +90,7 @@ def _read_cache(data: OpenSplit, size: int, key: dict) -> np.ndarray | None:
         pixels = np.load(npy, allow_pickle=False)
     except (OSError, ValueError):
         return None
-    if pixels.dtype != np.uint8 or pixels.shape != (len(data.split), 1, size, size) \
+    if pixels.dtype != np.uint8 or pixels.shape != (len(data.split), data.channels, size, size) \
             or zlib.crc32(pixels) != stored.get("crc32"):
         print(f"{npy}: cached pixels do not match their record; decoding again", file=sys.stderr)
         return None
@@ -108,7 +109,7 @@ def _write_cache(data: OpenSplit, size: int, key: dict, pixels: np.ndarray) -> N
 
 
 class ResidentStream:
-    """Iterable of (images float32 [B,1,S,S], labels int64 [B], ids int64 [B]) for one rank, all
+    """Iterable of (images float32 [B,C,S,S], labels int64 [B], ids int64 [B]) for one rank, all
     on `device`, from a split held in memory. The same batches as ShardStream for the same spec."""
 
     def __init__(self, root: Path | str, split: str, spec: StreamSpec, *, device: str | torch.device = "cpu",
@@ -147,7 +148,7 @@ class ResidentStream:
         x, norm, spec = self.images[ids], self.data.normalizer, self.spec
         if spec.augment is not None:
             gen = torch.Generator(self.device).manual_seed(batch_seed(spec.seed, self.epoch, spec.rank, b))
-            x = norm.from_unit(augment_batch(x, spec.augment, gen))
+            x = norm.from_unit(augment_batch(x, spec.augment, gen, self.data.speckle_channels))
         else:
             x = norm.from_uint8(x)
         return x, self.labels[ids], ids

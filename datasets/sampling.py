@@ -181,6 +181,11 @@ def epoch_plan(labels: np.ndarray, spec: SamplingSpec, *, epoch: int, total_epoc
     With redraw "stage" the drawn multiset is the same every epoch; only the order changes.
     """
     labels = np.asarray(labels, dtype=np.int64)
+    if spec.kind == "sequential" and spec.classes is None:
+        return np.arange(len(labels), dtype=np.int64)     # every sample, unlabeled ones too (ood)
+    if labels.size and labels.min() < 0:                  # unlabeled samples belong to no class
+        valid = np.flatnonzero(labels >= 0)
+        return valid[epoch_plan(labels[valid], spec, epoch=epoch, total_epochs=total_epochs, seed=seed)]
     num_classes = int(labels.max()) + 1 if labels.size else 0
     if spec.classes is not None:
         num_classes = max(num_classes, spec.classes[-1] + 1)

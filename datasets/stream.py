@@ -23,7 +23,7 @@ from datasets.stream_spec import Batch, StreamSpec, batch_seed, open_split
 
 
 class ShardStream(IterableDataset):
-    """Iterable of (images float32 [B,1,S,S], labels int64 [B], ids int64 [B]) for one rank."""
+    """Iterable of (images float32 [B,C,S,S], labels int64 [B], ids int64 [B]) for one rank."""
 
     def __init__(self, root: Path | str, split: str, spec: StreamSpec):
         self.data = open_split(root, split, spec)
@@ -63,7 +63,7 @@ class ShardStream(IterableDataset):
         norm, spec = self.data.normalizer, self.spec
         if spec.augment is not None:
             gen = torch.Generator().manual_seed(batch_seed(spec.seed, self.epoch, spec.rank, b))
-            x = norm.from_unit(augment_batch(images, spec.augment, gen))
+            x = norm.from_unit(augment_batch(images, spec.augment, gen, self.data.speckle_channels))
         else:
             x = norm.from_uint8(images)
         labels = torch.from_numpy(self.split.labels[ids].astype(np.int64))

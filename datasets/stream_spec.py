@@ -48,17 +48,32 @@ class StreamSpec:
 
 @dataclass(frozen=True)
 class Normalizer:
-    """uint8 pixels -> model input, with the train split's statistics (the model only ever saw those)."""
-    mean: float
-    std: float
+    """uint8 pixels -> model input, with the train split's statistics (the model only ever saw
+    those): one mean/std, or one per channel (a tuple) for RGB and stacked modalities."""
+    mean: float | tuple[float, ...]
+    std: float | tuple[float, ...]
+
+    @classmethod
+    def of(cls, means: list[float], stds: list[float]) -> "Normalizer":
+        stds = [s or 1.0 for s in stds]
+        return cls(float(means[0]), float(stds[0])) if len(means) == 1 else cls(tuple(means), tuple(stds))
+
+    def _per_channel(self, x: torch.Tensor) -> tuple:
+        if isinstance(self.mean, float):
+            return self.mean, self.std
+        shape = (-1, 1, 1)   # channels are dim -3 of [C,S,S] and [B,C,S,S]
+        return (torch.tensor(self.mean, device=x.device).view(shape),
+                torch.tensor(self.std, device=x.device).view(shape))
 
     def from_uint8(self, x: torch.Tensor) -> torch.Tensor:
         """(x/255 − mean)/std in one pass."""
-        return x.float().mul_(1.0 / (255.0 * self.std)).sub_(self.mean / self.std)
+        mean, std = self._per_channel(x)
+        return x.float().mul_(1.0 / (255.0 * std)).sub_(mean / std)
 
     def from_unit(self, x: torch.Tensor) -> torch.Tensor:
         """x in [0, 1] (augmented) -> (x − mean)/std, in place."""
-        return x.sub_(self.mean).div_(self.std)
+        mean, std = self._per_channel(x)
+        return x.sub_(mean).div_(std)
 
 
 @dataclass
@@ -75,6 +90,22 @@ class OpenSplit:
     @property
     def class_counts(self) -> np.ndarray:
         return self.split.class_counts()
+
+    @property
+    def channels(self) -> int:
+        """Channels of a chip: every modality's, stacked in the split's modality order."""
+        return sum(self.split.stats(m).channels for m in self.split.modalities)
+
+    @property
+    def speckle_channels(self) -> tuple[int, int]:
+        """[start, stop) of the SAR channels (speckle is a radar effect); (0, 0) without SAR."""
+        start = 0
+        for m in self.split.modalities:
+            c = self.split.stats(m).channels
+            if m == "sar":
+                return start, start + c
+            start += c
+        return 0, 0
 
     def where(self) -> str:
         return f"{self.index.root / INDEX_NAME}: split {self.split.name!r}"
@@ -103,7 +134,16 @@ def open_split(root: Path | str, split: str, spec: StreamSpec) -> OpenSplit:
         check_spec(opened.class_counts, spec.sampling)
     except DataError as e:
         raise DataError(f"{opened.where()}: {e}") from None
-    stats = index.splits.get("train", opened.split)
-    opened.normalizer = Normalizer(float(stats.pixel_mean), float(stats.pixel_std) or 1.0)
+    opened.normalizer = normalizer_of(index.splits.get("train", opened.split))
     opened.batches(spec, 0)  # plan epoch 0 now: a plan that cannot feed every rank fails here
     return opened
+
+
+def normalizer_of(split: SplitIndex) -> Normalizer:
+    """Per-channel statistics of a split (the train split's normalise every split)."""
+    means, stds = [], []
+    for m in split.modalities:
+        st = split.stats(m)
+        means += list(st.pixel_mean_c)
+        stds += list(st.pixel_std_c)
+    return Normalizer.of(means, stds)

@@ -125,3 +125,9 @@ def test_dali_asked_for_but_missing_is_a_config_error(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_dali)
     with pytest.raises(ConfigError, match="nvidia-dali does not import"):
         choose_loader("dali", 1, torch.device("cpu"))
+
+
+def test_dali_refuses_more_than_one_channel():
+    pytest.importorskip("nvidia.dali")
+    with pytest.raises(ConfigError, match="dali reads one gray channel; these shards have 4"):
+        choose_loader("dali", 1, torch.device("cpu"), channels=4)

@@ -209,3 +209,12 @@ def test_rank_batches_errors():
         rank_batches(np.arange(3), 8, 0, 4)
     with pytest.raises(DataError, match="rank 2"):
         rank_batches(np.arange(30), 8, 2, 2)
+
+
+def test_unlabeled_samples_are_evaluated_but_never_drawn():
+    labels = np.array([0, -1, 1, -1, 1, 0])
+    assert epoch_plan(labels, SamplingSpec(kind="sequential"), epoch=0, total_epochs=1, seed=0).tolist() == list(range(6))
+    plan = epoch_plan(labels, SamplingSpec(), epoch=0, total_epochs=1, seed=0)
+    assert sorted(plan.tolist()) == [0, 2, 4, 5]
+    plan = epoch_plan(labels, SamplingSpec(kind="class", per_class=3), epoch=0, total_epochs=1, seed=0)
+    assert -1 not in labels[plan] and len(plan) == 6

@@ -58,7 +58,8 @@ def _evaluate(argv: list[str]) -> int:
 def _predict(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m trainer predict")
     p.add_argument("--run", required=True)
-    p.add_argument("--images", required=True, help="folder of SAR_<id>.png")
+    p.add_argument("--images", required=True, help="folder of SAR_<id>.png (EO_<id>.png for an EO-only model)")
+    p.add_argument("--eo-images", default=None, help="SAR+EO model: folder of EO_<id>.png (default: --images)")
     p.add_argument("--out", required=True, help="results.csv (image_id,class_id)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--classifier", default="model", help=CLASSIFIER_HELP)
@@ -67,7 +68,8 @@ def _predict(argv: list[str]) -> int:
     a = p.parse_args(argv)
     from trainer.predict import predict
 
-    return predict(a.run, a.images, a.out, batch_size=a.batch_size, classifier=a.classifier, score=a.score)
+    return predict(a.run, a.images, a.out, batch_size=a.batch_size, classifier=a.classifier, score=a.score,
+                   eo_images=a.eo_images)
 
 
 def _bench(argv: list[str]) -> int:

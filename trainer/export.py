@@ -19,11 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from datasets.stream_spec import Normalizer
 from shards.atomic import atomic_path, write_json
 from shards.errors import DataError
 from trainer.errors import ConfigError, TrainingError
 from trainer.ood import SCORES
-from trainer.predict import MODEL, load_scorer
+from trainer.predict import MODEL, load_scorer, run_normalizer
 from trainer.scoring import Scorer, tta_views
 
 SEED_REFERENCE = {"file_mb": 11.2, "latency_s": 0.0146}   # seed 000's Shake-Shake-26 2x32d, 2080 Ti
@@ -32,10 +33,13 @@ SEED_REFERENCE = {"file_mb": 11.2, "latency_s": 0.0146}   # seed 000's Shake-Sha
 class Deployed(nn.Module):
     """uint8 [B,C,S,S] -> (class_id int64 [B], score float32 [B])."""
 
-    def __init__(self, scorer: Scorer, mean: float, std: float, score: str) -> None:
+    def __init__(self, scorer: Scorer, norm: Normalizer, score: str) -> None:
         super().__init__()
         self.model, self.classifier, self.views, self.score = scorer.model, scorer.classifier, scorer.views, score
-        self.scale, self.shift = 1.0 / (255.0 * std), mean / std   # datasets.stream_spec.Normalizer
+        mean = torch.tensor(norm.mean, dtype=torch.float32).view(-1, 1, 1)   # one value, or one per channel
+        std = torch.tensor(norm.std, dtype=torch.float32).view(-1, 1, 1)
+        self.register_buffer("scale", 1.0 / (255.0 * std))   # as datasets.stream_spec.Normalizer
+        self.register_buffer("shift", mean / std)
 
     def forward(self, chips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = chips.float() * self.scale - self.shift
@@ -61,7 +65,7 @@ def export(run: Path, classifier: str = MODEL, fmt: str = "torchscript", score: 
     if score not in SCORES:
         raise ConfigError(f"--score: {score!r} is not one of {', '.join(SCORES)}")
     scorer, info = load_scorer(run, classifier)
-    deployed = Deployed(scorer, info["pixel_mean"], info["pixel_std"] or 1.0, score).eval()
+    deployed = Deployed(scorer, run_normalizer(info), score).eval()
     channels = info.get("channels", 1)
     example = torch.zeros(2, channels, info["input_size"], info["input_size"], dtype=torch.uint8)
     out = Path(out or run / "export" / f"model-{classifier}.{'onnx' if fmt == 'onnx' else 'pt'}")

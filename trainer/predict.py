@@ -3,18 +3,14 @@ classifiers (`--classifier`), with the recipe's TTA, scored by the same `Scorer`
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 
 import torch
-from torchvision.io import ImageReadMode
 
-from datasets.augment import to_input
-from datasets.decode import decode_png
+from datasets.folder import list_chips, load_chips
 from datasets.stream_spec import Normalizer
 from shards.atomic import write_atomic
-from shards.errors import DataError
 from trainer import checkpoint
 from trainer.config import load_run_config
 from trainer.errors import ConfigError
@@ -26,7 +22,6 @@ from trainer.ood import SCORES, ood_score
 from trainer.scoring import Scorer, score_views
 from trainer.summary import print_table
 
-IMAGE_NAME = re.compile(r"^SAR_(\d+)\.png$")
 MODEL = "model"
 
 
@@ -70,43 +65,36 @@ def evaluate_run(run_dir: str | Path, split: str = "val", as_json: bool = False,
     return 0
 
 
-def list_images(folder: Path) -> list[tuple[int, Path]]:
-    if not folder.is_dir():
-        raise DataError(f"{folder}: not a folder of SAR_<id>.png images")
-    found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := IMAGE_NAME.match(p.name)))
-    if not found:
-        raise DataError(f"{folder}: no SAR_<id>.png images")
-    return found
-
-
-def load_batch(paths: list[Path], size: int, norm: Normalizer) -> torch.Tensor:
-    """Chips as the evaluation stream feeds them: decode, centre crop/pad, normalise."""
-    out = []
-    for p in paths:
-        try:
-            img = decode_png(torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8), ImageReadMode.GRAY)
-        except RuntimeError as e:
-            raise DataError(f"{p}: not a readable PNG ({str(e).splitlines()[0]})") from None
-        out.append(to_input(img, size))
-    return norm.from_uint8(torch.stack(out))
+def run_normalizer(info: dict) -> Normalizer:
+    """The run's per-channel normalisation (head.json; older runs: one mean and std)."""
+    if "normalize" in info:
+        mean, std = info["normalize"]["mean"], info["normalize"]["std"]
+        return Normalizer(mean, std) if isinstance(mean, float) else Normalizer(tuple(mean), tuple(std))
+    return Normalizer(info["pixel_mean"], info["pixel_std"] or 1.0)
 
 
 def predict(run_dir: str | Path, images: str | Path, out: str | Path, batch_size: int = 256,
-            classifier: str = MODEL, score: str | None = None) -> int:
-    """results.csv in the NTIRE format: image_id,class_id (image_id from SAR_<id>.png), plus a
-    `score` column (trainer.ood: higher = more likely a known class) when `score` is given."""
+            classifier: str = MODEL, score: str | None = None, eo_images: str | Path | None = None) -> int:
+    """results.csv in the NTIRE format: image_id,class_id (image_id from SAR_<id>.png, or
+    EO_<id>.png for an EO-only model), plus a `score` column (trainer.ood: higher = more likely
+    a known class) when `score` is given. A SAR+EO model reads EO_<id>.png from `eo_images`
+    (default: the same folder)."""
     if score is not None and score not in SCORES:
         raise ConfigError(f"--score: unknown {score!r}; valid: {', '.join(SCORES)}")
     scorer, info = load_scorer(Path(run_dir), classifier)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     scorer.to(device)
-    norm = Normalizer(info["pixel_mean"], info["pixel_std"] or 1.0)
-    found = list_images(Path(images))
+    norm = run_normalizer(info)
+    modalities = info.get("modalities", ["sar"])
+    folders = {m: Path(eo_images) if (m == "eo" and eo_images and m != modalities[0]) else Path(images)
+               for m in modalities}
+    found = list_chips(folders)
+    channels = info["model"].get("modality_channels") or [info.get("channels", 1)]
     rows = ["image_id,class_id" + (",score" if score else "")]
     with torch.no_grad():
         for start in range(0, len(found), batch_size):
             chunk = found[start:start + batch_size]
-            x = load_batch([p for _, p in chunk], info["input_size"], norm).to(device)
+            x = norm.from_uint8(load_chips([f for _, f in chunk], info["input_size"], channels)).to(device)
             scores, mean_logits = score_views(scorer.model, [scorer.classifier], x, scorer.views, mean_logits=True)[0]
             preds = scores.argmax(1).cpu().numpy()
             extra = ood_score(mean_logits.cpu().numpy(), score) if score else [None] * len(chunk)

@@ -109,8 +109,9 @@ def prepare(cfg: dict, *, trackers: bool = True, check_run: bool = True) -> Setu
     recipe = resolve(cfg, index)
     acc = make_accelerator(cfg, run_dir, trackers)
     data = cfg["data"]
-    pixels = sum(len(s) for s in index.splits.values()) * recipe.input_size ** 2
-    kind = choose_loader(data["loader"], pixels, acc.device)
+    channels = recipe.model["in_channels"]
+    pixels = sum(len(s) for s in index.splits.values()) * recipe.input_size ** 2 * channels
+    kind = choose_loader(data["loader"], pixels, acc.device, channels)
     streams = Streams(shards=data["shards"], kind=kind, input_size=recipe.input_size,
                       batch_size=data["batch_size"], eval_batch_size=data["eval_batch_size"],
                       num_workers=data["num_workers"], dali_threads=data["dali_threads"],

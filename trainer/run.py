@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from accelerate.utils import set_seed
 
+from datasets.stream_spec import normalizer_of
 from shards.atomic import write_json
 from trainer import checkpoint, posthoc
 from trainer.config import load_run_config, save_config
@@ -318,11 +319,13 @@ def _ids_logger(run: Run, i: int):
 def head_info(run: Run) -> dict:
     """RUN/stages/<i>-<name>/head.json: what `predict` needs besides the weights."""
     train = run.setup.index.split("train")
+    norm = normalizer_of(train)
     return {"classes": run.model.classifier.classes, "class_names": list(run.setup.index.classes),
             "num_classes": run.num_classes, "model": run.setup.recipe.model,
             "input_size": run.setup.recipe.input_size, "tta_views": list(run.setup.recipe.tta_views),
+            "modalities": list(train.modalities), "channels": run.setup.recipe.model["in_channels"],
             "pixel_mean": float(train.pixel_mean), "pixel_std": float(train.pixel_std),
-            "classifiers": sorted(run.fitted)}
+            "normalize": {"mean": norm.mean, "std": norm.std}, "classifiers": sorted(run.fitted)}
 
 
 def _read_json(path: Path) -> dict:

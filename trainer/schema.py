@@ -117,6 +117,7 @@ SCHEMA = {
         "depth": field(int, 26),
         "width": field(int, 32),
         "head": field(str, "auto", ["auto", "linear", "cosine"]),  # auto: cosine for LDAM (its authors')
+        "fusion": field(str, "early", ["early", "late"]),  # several modalities: stacked channels, or a backbone each
     },
     "optim": OPTIM,
     "speed": {

@@ -103,7 +103,7 @@ def resolve(cfg: dict, index: ClassIndex) -> RecipeSpec:
         stage, head = _stage(cfg, i, st, head, counts)
         stages.append(stage)
         notes += _double_correction(f"stages.{i}", st) + _turns_the_radar(f"stages.{i}", st, axis)
-    model = dict(cfg["model"])
+    model = {**cfg["model"], **_channels(index)}
     if model["head"] == "auto":
         model["head"] = "cosine" if any(s.loss.get("name") == "ldam" for s in stages) else "linear"
     for s in stages:
@@ -124,6 +124,13 @@ def resolve(cfg: dict, index: ClassIndex) -> RecipeSpec:
         taus=tuple(float(t) for t in np.round(np.arange(0.0, post["tau_norm"]["max"] + 1e-9,
                                                          post["tau_norm"]["step"]), 6)),
         notes=tuple(notes))
+
+
+def _channels(index: ClassIndex) -> dict:
+    """The model's input channels, from the train split: every modality's, stacked."""
+    train = index.split("train")
+    parts = [train.stats(m).channels for m in train.modalities]
+    return {"in_channels": sum(parts), "modality_channels": parts}
 
 
 def input_size(value: int | str, index: ClassIndex) -> int:

@@ -31,11 +31,14 @@ def check_dali() -> None:
                           "use data.loader=resident, torch or auto") from err
 
 
-def choose_loader(loader: str, resident_bytes: int, device: torch.device) -> str:
+def choose_loader(loader: str, resident_bytes: int, device: torch.device, channels: int = 1) -> str:
     """resident | torch | dali. `auto` is resident when the decoded train/val/test splits fit in
     half the free memory of the device that will hold them, else the torch reader."""
     if loader == "dali":
         check_dali()
+        if channels != 1:
+            raise ConfigError(f"data.loader: dali reads one gray channel; these shards have {channels} "
+                              "(RGB or SAR+EO): use data.loader=resident, torch or auto")
     if loader != "auto":
         return loader
     return "resident" if resident_bytes <= RESIDENT_SHARE * free_memory(device) else "torch"

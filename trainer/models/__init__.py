@@ -12,6 +12,7 @@ from __future__ import annotations
 from torch import nn
 
 from trainer.errors import ConfigError
+from trainer.models.fusion import LateFusion
 from trainer.models.heads import Head
 from trainer.models.resnet import LAYERS, ResNet
 from trainer.models.resnet_cifar import ResNetCifar
@@ -30,7 +31,18 @@ __all__ = ["HEADS", "Head", "MODELS", "build_model"]
 
 
 def build_model(cfg: dict, num_classes: int) -> nn.Module:
-    """Build a freshly initialised model (never pretrained) with a head over all classes."""
+    """Build a freshly initialised model (never pretrained) with a head over all classes.
+    `fusion: late` with `modality_channels: [1, 3]` builds one backbone per modality
+    (trainer/models/fusion.py); otherwise one backbone takes `in_channels`."""
+    cfg = dict(cfg)
+    fusion, parts = cfg.pop("fusion", None) or "early", cfg.pop("modality_channels", None)
+    if fusion not in ("early", "late"):
+        raise ConfigError(f"model.fusion: {fusion!r} is not early or late")
+    if fusion == "late" and parts and len(parts) > 1:
+        if cfg.get("head") == "cosine":
+            raise ConfigError("model.fusion: late takes a linear head")
+        backbones = [build_model({**cfg, "in_channels": c}, num_classes) for c in parts]
+        return LateFusion(backbones, list(parts), num_classes)
     name = cfg.get("name")
     if name not in MODELS:
         raise ConfigError(f"model.name: unknown model {name!r}; valid: {', '.join(MODELS)}")
