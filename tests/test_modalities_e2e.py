@@ -81,6 +81,8 @@ def test_train_evaluate_predict_export(sets, tmp_path, capsys, kind, extra):
     capsys.readouterr()
     assert main(["evaluate", "--run", str(run), "--split", "test", "--json"]) == 0
     assert "ood" in json.loads(capsys.readouterr().out)
+    assert main(["report", str(run), "--no-features", "--no-inference"]) == 0
+    assert (run / "report" / "ood_scores.png").stat().st_size > 1000
     assert main(["export", "--run", str(run), "--format", "torchscript"]) == 0
     record = json.loads((run / "export" / "model-model.json").read_text())
     assert record["input"]["shape"][1] == {"gray": 1, "rgb": 3, "pair": 4}[kind]

@@ -262,3 +262,21 @@ def metric_bars(path: Path, rows: dict[str, dict[str, float]], metrics: Sequence
     ax.grid(axis="y", alpha=0.3, zorder=1)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     return _save(fig, path)
+
+
+def score_histograms(path: Path, known: dict[str, np.ndarray], unknown: dict[str, np.ndarray],
+                     aurocs: dict[str, float]) -> Path:
+    """One panel per OOD score: histograms of known (in-distribution) and unknown chips."""
+    kinds = list(known)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.6), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        both = np.concatenate([known[kind], unknown[kind]])
+        bins = np.linspace(both.min(), both.max() + 1e-9, 40)
+        ax.hist(known[kind], bins=bins, alpha=0.6, density=True, label="known classes", color="tab:blue")
+        ax.hist(unknown[kind], bins=bins, alpha=0.6, density=True, label="unknown (ood)", color="tab:red")
+        ax.set_title(f"{kind}: AUROC {aurocs[kind]:.3f}")
+        ax.set_xlabel("score (higher = more likely known)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("density")
+    axes[0][0].legend(fontsize=8)
+    return _save(fig, path)

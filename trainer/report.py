@@ -26,6 +26,7 @@ from trainer import inference, plots
 from trainer.checkpoint import load_weights
 from trainer.embedding import section_features
 from trainer.errors import ConfigError, TrainingError
+from trainer.report_ood import section_ood
 from trainer.summary import headline
 
 GROUPS = ("head", "middle", "tail")
@@ -267,6 +268,7 @@ def write_report(run: RunFolder, *, features: bool = True, inference: bool = Tru
            "## Post-hoc classifiers", "", *section_classifiers(run, out), "",
            "## Inference", ""]
     md += section_inference(run, out, dev, large_batch, repeats) if inference else ["_Skipped (--no-inference)._"]
+    md += ["", "## Out-of-distribution scores", "", *section_ood(run, out, dev)]
     if run.notes:
         md += ["", "## Notes", "", *[f"- {n}" for n in run.notes]]
     write_atomic(out / "report.md", "\n".join(md) + "\n")
