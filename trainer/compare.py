@@ -30,6 +30,7 @@ from trainer.summary import headline
 
 METRICS = ("top1", "balanced_acc", "head", "middle", "tail")
 HEADERS = {"top1": "top-1", "balanced_acc": "balanced acc", "head": "head", "middle": "middle", "tail": "tail"}
+# minutes: wall time of the whole run (its post-hoc classifiers included), shown once per recipe
 # Keys of the resolved config that may differ between the command and an existing run.
 IGNORED_KEYS = ("run.dir",)
 
@@ -94,7 +95,8 @@ def collect_rows(runs: dict[str, list[Path]], split: str) -> dict[str, list[dict
     for name, folders in runs.items():
         for folder in folders:
             ev = read_eval(folder, split)
-            rows.setdefault(name, []).append(headline(ev))
+            minutes = json.loads((folder / "metrics.json").read_text()).get("wall_s", math.nan) / 60
+            rows.setdefault(name, []).append({**headline(ev), "minutes": minutes})
             for clf, cev in sorted((ev.get("classifiers") or {}).items()):
                 rows.setdefault(f"{name}/{clf}", []).append(headline(cev))
     return rows
@@ -112,8 +114,8 @@ def summarise(values: list[dict[str, float]]) -> dict[str, tuple[float, float]]:
     """metric -> (mean, std) over seeds; std is the sample std (ddof=1), 0 for one seed; NaN
     seeds (an empty group) are left out."""
     out = {}
-    for m in METRICS:
-        v = np.array([x[m] for x in values], dtype=float)
+    for m in (*METRICS, "minutes"):
+        v = np.array([x.get(m, math.nan) for x in values], dtype=float)
         v = v[~np.isnan(v)]
         mean = float(v.mean()) if len(v) else math.nan
         std = float(v.std(ddof=1)) if len(v) > 1 else (0.0 if len(v) else math.nan)
@@ -123,11 +125,13 @@ def summarise(values: list[dict[str, float]]) -> dict[str, tuple[float, float]]:
 
 def table_markdown(stats: dict[str, dict[str, tuple[float, float]]], counts: dict[str, int],
                    split: str, command: str, note: str = "") -> str:
-    head = ["recipe", "seeds", *[HEADERS[m] for m in METRICS]]
-    lines = [f"Final-model accuracy on `{split}` (%), mean ± std over seeds.", "",
+    head = ["recipe", "seeds", *[HEADERS[m] for m in METRICS], "minutes"]
+    lines = [f"Final-model accuracy on `{split}` (%), mean ± std over seeds; minutes of wall time per run.", "",
              "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for name, st in stats.items():
         cells = ["–" if math.isnan(st[m][0]) else f"{100 * st[m][0]:.1f} ± {100 * st[m][1]:.1f}" for m in METRICS]
+        minutes = st.get("minutes", (math.nan, 0))[0]
+        cells.append("" if "/" in name or math.isnan(minutes) else f"{minutes:.1f}")
         lines.append(f"| {name} | {counts[name]} | " + " | ".join(cells) + " |")
     lines += ["", *([note, ""] if note else []), f"Produced by: `{command}`"]
     return "\n".join(lines) + "\n"

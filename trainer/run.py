@@ -44,6 +44,7 @@ class Run:
     results: list = field(default_factory=list)   # [{"name", "val"}] per finished stage
     fitted: dict = field(default_factory=dict)    # post-hoc classifiers of the last stage
     global_step: int = 0
+    started: float = 0.0                          # time.time() when this process began the run
 
     @property
     def cfg(self) -> dict:
@@ -108,7 +109,7 @@ def train(cfg: dict) -> int:
     banner(setup, {s: len(setup.index.splits[s]) for s in setup.index.splits})
     keep = progress["history_lines"] if progress else None
     history = History(run_dir / "history.jsonl", keep, acc.is_main_process)
-    run = Run(setup, new_model(setup), history, make_evaluator(setup))
+    run = Run(setup, new_model(setup), history, make_evaluator(setup), started=time.time())
     install()  # SIGTERM/SIGUSR2 set a flag; the loop checkpoints and exits 0 at the next step
     acc.init_trackers("tb", config=_flat_hparams(cfg))
     try:
@@ -293,7 +294,9 @@ def finish(run: Run) -> None:
     if "ood" in setup.index.splits:   # known = test (or val): AUROC / FPR95 of each OOD score
         known = "test" if "test" in setup.index.splits else "val"
         final["ood"] = run.evaluator.ood(run.model, known, {"model": None, **run.fitted})
-    metrics = {"classes": list(setup.index.classes), "stages": run.results, "final": final}
+    # wall_s: seconds of the process that finished the run (a resumed run counts from its resume)
+    metrics = {"classes": list(setup.index.classes), "stages": run.results, "final": final,
+               "wall_s": round(time.time() - run.started, 1), "world_size": acc.num_processes}
     if acc.is_main_process:
         write_json(setup.run_dir / "metrics.json", metrics)
         checkpoint.mark_done(setup.run_dir)
