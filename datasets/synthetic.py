@@ -253,7 +253,8 @@ def _render_all(out: Path, plan: Plan, seed: int, look: str, *, workers: int, pr
         for task in tasks:
             bar.update(_render_range(task))
     else:
-        with mp.Pool(workers, _init_worker, (out, plan, seed, look, eo)) as pool:
+        # spawn, not fork: forked children of a process with live thread pools can deadlock
+        with mp.get_context("spawn").Pool(workers, _init_worker, (out, plan, seed, look, eo)) as pool:
             for n in pool.imap_unordered(_render_range, tasks):
                 bar.update(n)
     bar.close()

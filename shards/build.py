@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import multiprocessing as mp
 import os
 import sys
 from collections import Counter
@@ -207,7 +208,9 @@ def run_plans(plans: list[ShardPlan], out: Path, state: BuildState, *, workers: 
             for a in args:
                 finish(writer.make_shard(*a))
         else:
-            with ProcessPoolExecutor(workers) as pool:
+            # spawn, not fork: a forked child of a process with live thread pools (torch,
+            # OpenBLAS in a test run or a notebook) can deadlock on a lock it inherited held
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
                 futures = [pool.submit(writer.make_shard, *a) for a in args]
                 try:
                     for fut in as_completed(futures):
