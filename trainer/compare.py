@@ -88,6 +88,15 @@ def read_eval(run: Path, split: str) -> dict:
     return ev
 
 
+def _wall_s(folder: Path) -> float:
+    """Seconds the run took (run.json; runs of this session's first builds kept it in metrics.json)."""
+    for name in ("run.json", "metrics.json"):
+        path = folder / name
+        if path.is_file() and "wall_s" in (record := json.loads(path.read_text())):
+            return float(record["wall_s"])
+    return math.nan
+
+
 def collect_rows(runs: dict[str, list[Path]], split: str) -> dict[str, list[dict[str, float]]]:
     """Row name -> one value dict per seed: the recipe's final model, and `recipe/classifier`
     for every post-hoc classifier the runs report."""
@@ -95,7 +104,7 @@ def collect_rows(runs: dict[str, list[Path]], split: str) -> dict[str, list[dict
     for name, folders in runs.items():
         for folder in folders:
             ev = read_eval(folder, split)
-            minutes = json.loads((folder / "metrics.json").read_text()).get("wall_s", math.nan) / 60
+            minutes = _wall_s(folder) / 60
             rows.setdefault(name, []).append({**headline(ev), "minutes": minutes})
             for clf, cev in sorted((ev.get("classifiers") or {}).items()):
                 rows.setdefault(f"{name}/{clf}", []).append(headline(cev))

@@ -294,11 +294,13 @@ def finish(run: Run) -> None:
     if "ood" in setup.index.splits:   # known = test (or val): AUROC / FPR95 of each OOD score
         known = "test" if "test" in setup.index.splits else "val"
         final["ood"] = run.evaluator.ood(run.model, known, {"model": None, **run.fitted})
-    # wall_s: seconds of the process that finished the run (a resumed run counts from its resume)
-    metrics = {"classes": list(setup.index.classes), "stages": run.results, "final": final,
-               "wall_s": round(time.time() - run.started, 1), "world_size": acc.num_processes}
+    metrics = {"classes": list(setup.index.classes), "stages": run.results, "final": final}
     if acc.is_main_process:
         write_json(setup.run_dir / "metrics.json", metrics)
+        # metrics.json stays a function of the recipe; how long it took goes to run.json: the
+        # seconds of the process that finished the run (a resumed run counts from its resume)
+        info = json.loads((setup.run_dir / "run.json").read_text())
+        write_json(setup.run_dir / "run.json", {**info, "wall_s": round(time.time() - run.started, 1)}, indent=1)
         checkpoint.mark_done(setup.run_dir)
     acc.wait_for_everyone()
     if acc.is_main_process:
