@@ -13,6 +13,7 @@ import argparse
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -69,7 +70,11 @@ def export(run: Path, classifier: str = MODEL, fmt: str = "torchscript", score: 
     channels = info.get("channels", 1)
     example = torch.zeros(2, channels, info["input_size"], info["input_size"], dtype=torch.uint8)
     out = Path(out or run / "export" / f"model-{classifier}.{'onnx' if fmt == 'onnx' else 'pt'}")
-    with atomic_path(out) as tmp, torch.no_grad():
+    with atomic_path(out) as tmp, torch.no_grad(), warnings.catch_warnings():
+        # TorchScript is deprecated in favour of torch.export, but it is still what a C++ or
+        # Java service loads without Python; the tracer's notices are not for the user.
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", UserWarning)
         if fmt == "torchscript":
             torch.jit.save(torch.jit.trace(deployed, example), str(tmp))
         else:
@@ -88,7 +93,9 @@ def export(run: Path, classifier: str = MODEL, fmt: str = "torchscript", score: 
 def load_exported(path: Path, fmt: str):
     """A callable uint8 numpy/tensor batch -> (class ids, scores) as numpy arrays."""
     if fmt == "torchscript":
-        module = torch.jit.load(str(path)).eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(path)).eval()
 
         def run(x):
             with torch.no_grad():
