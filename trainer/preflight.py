@@ -119,7 +119,7 @@ def prepare(cfg: dict, *, trackers: bool = True, check_run: bool = True) -> Setu
     if kind == "resident":  # decode (or check the cache) once, on the main process first
         with acc.main_process_first():
             for split in index.splits:
-                streams.open(split, StreamSpec.sequential(1, recipe.input_size))
+                streams.open(split, StreamSpec.sequential(4096, recipe.input_size))
     for stage in recipe.stages:  # every stage's batch must split over the ranks
         per_rank_batch(data["batch_size"], acc.num_processes, stage.optim.grad_accum)
     speed = SpeedSpec.resolve(cfg["speed"], acc.device.type == "cuda")
