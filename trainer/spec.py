@@ -155,7 +155,7 @@ def _range_axis(cfg: dict, index: ClassIndex, size: int) -> str:
             "auto" in (s["augment"]["hflip"], s["augment"]["vflip"]) or s["augment"]["rotate"] != "none"
             for s in stages):
         return "unchecked"
-    return range_axis(open_split(index.root, "train", StreamSpec.sequential(1, size)), size)[0]
+    return range_axis(open_split(index.root, "train", StreamSpec.sequential(4096, size)), size)[0]
 
 
 def _flips(augment: dict, axis: str) -> dict:
