@@ -84,7 +84,7 @@ def plain_run(cfg: dict, recipe: RecipeSpec) -> dict[str, float]:
 
 
 def _load(shards: str, split: str, size: int) -> tuple[torch.Tensor, torch.Tensor, float, float]:
-    data = open_split(shards, split, StreamSpec.sequential(1, size))
+    data = open_split(shards, split, StreamSpec.sequential(4096, size))
     pixels = torch.from_numpy(load_pixels(data, size)).float().div_(255)
     return pixels, torch.from_numpy(data.split.labels.astype(np.int64)), data.normalizer.mean, data.normalizer.std
 
