@@ -6,13 +6,16 @@ callbacks hand DALI the batch's pixels and the per-sample augmentation parameter
 numpy (see `datasets.dali_ops`); DALI augments; batches come out as torch tensors on this
 process's GPU, or on the CPU in DALI's CPU mode (`device_id=None`).
 
-Two sources of pixels:
+Chips have C channels, every modality of the split stacked in its order (gray SAR: 1, RGB
+EO: 3, SAR+EO: 4 = sar then eo_rgb), as in `datasets.decode`. Two sources of pixels:
 - resident (`pixels=`, the split decoded once, `datasets.resident.load_pixels`): the source
-  gathers the batch from that uint8 tensor (on the GPU in GPU mode, handed over as GPU memory);
-  no decode. Labels and ids are gathered on the same device.
-- PNG (default): the source reads the PNG bytes through `SampleReader`; DALI decodes them (on
-  the CPU: `device='mixed'` decodes only JPEG on the GPU). Labels and ids are copied from pinned
-  memory without blocking.
+  gathers the batch from that uint8 [N,C,S,S] tensor as HWC (on the GPU in GPU mode, handed
+  over as GPU memory); no decode. Labels and ids are gathered on the same device.
+- PNG (default): the source reads each member's PNG bytes through `SampleReader`; DALI decodes
+  them (gray or RGB; on the CPU: `device='mixed'` decodes only JPEG on the GPU), places the
+  primary on the S×S canvas, resizes the partners to S×S (linear, antialiased: torch's
+  bilinear antialiased resize to within a grey level or so, not bit for bit) and stacks them.
+  Labels and ids are copied from pinned memory without blocking.
 One pipeline serves the whole stream: its sources read the pass that `__iter__` starts (from
 set_epoch's epoch and start batch), a pass ends with StopIteration and `pipe.reset()`.
 """
@@ -32,7 +35,7 @@ from nvidia.dali import Pipeline, fn, types
 from nvidia.dali.plugin.pytorch.torch_utils import to_torch_tensor
 
 from datasets.augment import AugmentSpec
-from datasets.dali_ops import PARAM_TYPES, augment_graph, draw_params, noise_bank, used_params
+from datasets.dali_ops import PARAM_TYPES, augment_graph, draw_params, effective, noise_bank, used_params
 from datasets.resident import load_pixels
 from datasets.stream_spec import Batch, OpenSplit, StreamSpec, open_split
 from shards.access import SampleReader
@@ -71,10 +74,10 @@ def padded_bytes(samples: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
 
 def resident_pixels(root: Path | str, split: str, spec: StreamSpec, budget: float, *,
                     workers: int = 0) -> torch.Tensor | None:
-    """The split decoded once (uint8 [N,1,S,S], cached beside the shards) when it takes at most
+    """The split decoded once (uint8 [N,C,S,S], cached beside the shards) when it takes at most
     `budget` bytes, else None (the PNG path)."""
     data = open_split(root, split, spec)
-    if len(data.split) * spec.input_size ** 2 > budget:
+    if len(data.split) * data.channels * spec.input_size ** 2 > budget:
         return None
     return torch.from_numpy(load_pixels(data, spec.input_size, workers=workers))
 
@@ -100,8 +103,12 @@ class _Feeder:
         self.split, self.spec, self.augment = data.split, spec, augment
         self.reader = SampleReader(data.split)
         self.pixels = pixels
+        self.members = list(data.split.modalities) if pixels is None else []   # PNG: read each
+        self.stacked = len(self.members) > 1     # the primary's canvas is its own column then
+        start, stop = data.speckle_channels
+        self.sar_channels = stop - start
         self.noise = noise_bank(augment.speckle, spec.seed, spec.input_size)
-        self.names = used_params(augment)
+        self.names = used_params(augment, self.stacked)
         self.stream: torch.cuda.Stream | None = None   # GPU pixels: gathered, and copied by DALI, on it
         self.current: _Pass | None = None
 
@@ -112,18 +119,23 @@ class _Feeder:
         return p, p.todo[info.iteration]
 
     def images(self, info) -> tuple:
-        """PNG path: (padded bytes, lengths); resident: (uint8 [B,S,S,1] on the pixels' device,)."""
+        """PNG path: (padded bytes, lengths) of each member, in modality order; resident:
+        (uint8 [B,S,S,C] on the pixels' device,)."""
         p, number = self._next(info)
         p.in_flight.append(number)
         ids = p.batches[number]
         if self.pixels is None:
-            return padded_bytes([self.reader.read(int(i)) for i in ids])
-        size = self.spec.input_size
+            return tuple(a for m in self.members for a in padded_bytes([self.reader.read(int(i), m)
+                                                                        for i in ids]))
+        size, one = self.spec.input_size, self.pixels.shape[1] == 1   # CHW of one channel is HWC
         if isinstance(self.pixels, np.ndarray):       # CPU: a numpy take straight into one array
-            return (np.take(self.pixels, ids, axis=0).reshape(len(ids), size, size, 1),)
+            batch = np.take(self.pixels, ids, axis=0)
+            return (batch.reshape(len(ids), size, size, 1) if one else
+                    np.ascontiguousarray(batch.transpose(0, 2, 3, 1)),)
         with torch.cuda.stream(self.stream):           # DALI copies on this stream too: ordered
             ids = p.ids[p.bounds[number]:p.bounds[number + 1]]
-            return (self.pixels.index_select(0, ids).view(len(ids), size, size, 1),)
+            batch = self.pixels.index_select(0, ids)
+            return (batch.view(len(ids), size, size, 1) if one else batch.permute(0, 2, 3, 1).contiguous(),)
 
     def params(self, info) -> tuple[np.ndarray, ...]:
         """The batch's augmentation parameters, from a generator seeded by (seed, epoch, rank,
@@ -135,12 +147,12 @@ class _Feeder:
             height, width = self.split.height[ids], self.split.width[ids]
         else:                                          # resident chips are already S×S
             height = width = np.full(len(ids), self.spec.input_size)
-        return draw_params(self.augment, height, width, self.spec.input_size, rng,
-                           self.noise).columns(self.names)
+        return draw_params(self.augment, height, width, self.spec.input_size, rng, self.noise,
+                           sar_channels=self.sar_channels, separate_canvas=self.stacked).columns(self.names)
 
 
 class DaliStream:
-    """Iterable of (images [B,1,S,S], labels int64 [B], ids int64 [B]) batches for one rank."""
+    """Iterable of (images [B,C,S,S], labels int64 [B], ids int64 [B]) batches for one rank."""
 
     def __init__(self, root, split: str, spec: StreamSpec, *, device: str = "auto",
                  dtype: torch.dtype = torch.float32, channels_last: bool = False,
@@ -154,7 +166,8 @@ class DaliStream:
             raise DataError(f"{self.data.where()}: num_threads must be >= 1, got {num_threads}")
         self.classes: list[str] = self.data.classes
         self.class_counts: np.ndarray = self.data.class_counts
-        self.augment = spec.augment or AugmentSpec()
+        self.augment = effective(spec.augment or AugmentSpec(), self.data.speckle_channels)
+        self.channels = self._check_channels()
         self.device = resolve_device(device, self.data.where())
         self.torch_device = torch.device("cuda", local_gpu()) if self.device == "gpu" else torch.device("cpu")
         self.dtype, self.channels_last, self.num_threads = dtype, channels_last, num_threads
@@ -171,15 +184,22 @@ class DaliStream:
         self._epoch_ids: tuple[int, torch.Tensor, list[int]] | None = None
         self.set_epoch(0)
 
+    def _check_channels(self) -> int:
+        """The chips' channel count; DALI decodes each member as gray (1) or RGB (3)."""
+        odd = {m: c for m in self._split.modalities if (c := self._split.stats(m).channels) not in (1, 3)}
+        if odd:
+            raise DataError(f"{self.data.where()}: DALI decodes gray or RGB members only, channels: {odd}")
+        return self.data.channels
+
     def _place(self, pixels: torch.Tensor | np.ndarray | None) -> torch.Tensor | None:
         """The resident pixels on the device DALI reads them from, checked against the split."""
         if pixels is None:
             return None
         pixels = torch.as_tensor(pixels)
-        size = self.spec.input_size
-        if pixels.dtype != torch.uint8 or tuple(pixels.shape) != (len(self._split), 1, size, size):
+        want = (len(self._split), self.channels, self.spec.input_size, self.spec.input_size)
+        if pixels.dtype != torch.uint8 or tuple(pixels.shape) != want:
             raise DataError(f"{self.data.where()}: resident pixels must be uint8 "
-                            f"{(len(self._split), 1, size, size)}, got {pixels.dtype} {tuple(pixels.shape)}")
+                            f"{want}, got {pixels.dtype} {tuple(pixels.shape)}")
         return pixels.to(self.torch_device).contiguous()
 
     # -- position in the stream --------------------------------------------------------
@@ -294,26 +314,47 @@ class DaliStream:
                         device_id=self.torch_device.index if gpu else None, seed=self.spec.seed,
                         prefetch_queue_depth=2)
         with pipe:
+            columns = fn.external_source(source=feeder.params, num_outputs=len(feeder.names), batch=True,
+                                         batch_info=True, dtype=[PARAM_TYPES[n] for n in feeder.names])
+            params = dict(zip(feeder.names, columns))
             if self.pixels is None:
-                padded, lengths = fn.external_source(source=feeder.images, num_outputs=2, batch=True,
-                                                     batch_info=True, dtype=[types.UINT8, types.INT32])
-                encoded = fn.slice(padded, types.Constant(np.zeros(1, np.int32)), lengths, axes=[0])
-                image = fn.decoders.image(encoded, device="mixed" if gpu else "cpu", output_type=types.GRAY)
+                image = self._png_graph(params, gpu)
             else:
                 (image,) = fn.external_source(source=feeder.images, num_outputs=1, batch=True,
                                               batch_info=True, dtype=[types.UINT8], layout=["HWC"],
                                               device="gpu" if gpu else "cpu", cuda_stream=feeder.stream)
-            columns = fn.external_source(source=feeder.params, num_outputs=len(feeder.names), batch=True,
-                                         batch_info=True, dtype=[PARAM_TYPES[n] for n in feeder.names])
-            x = augment_graph(image, dict(zip(feeder.names, columns)), self.augment, self.spec.input_size,
-                              "gpu" if gpu else "cpu")
+            x = augment_graph(image, params, self.augment, self.spec.input_size, "gpu" if gpu else "cpu",
+                              channels=self.channels, sar=self.data.speckle_channels)
             norm = self.data.normalizer
-            out = fn.crop_mirror_normalize(x, mean=norm.mean * 255.0, std=norm.std * 255.0,
-                                           dtype=_DTYPES[self.dtype], output_layout="CHW")
+            mean, std = ((norm.mean * 255.0, norm.std * 255.0) if self.channels == 1 else
+                         ([m * 255.0 for m in norm.mean], [v * 255.0 for v in norm.std]))
+            out = fn.crop_mirror_normalize(x, mean=mean, std=std, dtype=_DTYPES[self.dtype],
+                                           output_layout="CHW")
             pipe.set_outputs(out)
         pipe.build()
         self.builds += 1
         return pipe
+
+    def _png_graph(self, params: dict, gpu: bool):
+        """Every member's bytes decoded (gray or RGB); one modality: the decoded image, placed
+        by the graph's `place` warp. Several: the primary placed on the S×S canvas by its own
+        `canvas` warp, the partners resized to S×S, stacked along the channels."""
+        members = self._feeder.members
+        outs = fn.external_source(source=self._feeder.images, num_outputs=2 * len(members), batch=True,
+                                  batch_info=True, dtype=[types.UINT8, types.INT32] * len(members))
+        decoded = []
+        for k, m in enumerate(members):
+            encoded = fn.slice(outs[2 * k], types.Constant(np.zeros(1, np.int32)), outs[2 * k + 1], axes=[0])
+            kind = types.GRAY if self._split.stats(m).channels == 1 else types.RGB
+            decoded.append(fn.decoders.image(encoded, device="mixed" if gpu else "cpu", output_type=kind))
+        if len(decoded) == 1:
+            return decoded[0]
+        size = self.spec.input_size
+        canvas = fn.warp_affine(decoded[0], matrix=params["canvas"], size=[size, size],
+                                interp_type=types.INTERP_NN)
+        partners = [fn.resize(d, size=[size, size], interp_type=types.INTERP_LINEAR, antialias=True)
+                    for d in decoded[1:]]
+        return fn.cat(canvas, *partners, axis=2)
 
     def _to_torch(self, images, pipe: Pipeline) -> torch.Tensor:
         tensor = images.as_tensor()
@@ -336,12 +377,14 @@ class DaliStream:
         first_line = next((line for line in str(err).splitlines() if "decode" in line.lower()), "")
         for ids in pending:
             for i in ids:
-                data = self._feeder.reader.read(int(i))
-                try:
-                    with Image.open(io.BytesIO(data)) as im:
-                        im.load()
-                except Exception as exc:  # PIL raises several types for broken files
-                    return self._sample_error(int(i), f"does not decode as an image ({exc})")
+                for m in self._split.modalities:
+                    data = self._feeder.reader.read(int(i), m)
+                    try:
+                        with Image.open(io.BytesIO(data)) as im:
+                            im.load()
+                    except Exception as exc:  # PIL raises several types for broken files
+                        what = "" if m == self._split.modalities[0] else f"{m} member "
+                        return self._sample_error(int(i), f"{what}does not decode as an image ({exc})")
         match = re.search(r"sample #(\d+)", first_line)   # PIL took it: trust DALI's count
         if pending and match and int(match.group(1)) < len(pending[0]):
             return self._sample_error(int(pending[0][int(match.group(1))]),

@@ -6,22 +6,26 @@ a generator seeded by the batch's coordinates and handed to DALI through `extern
 DALI's own generators are never used, so a batch depends only on (seed, epoch, rank, batch):
 resume at any batch is exact, and CPU and GPU modes draw the same parameters.
 
+Images are HWC with C channels (every modality stacked, `datasets.decode`'s order).
 Geometry (steps 0–3) is at most two `warp_affine`s whose matrices are composed in numpy:
   place: decoded image -> S×S canvas, nearest neighbour, no fill value (DALI then clamps
          coordinates, i.e. replicates the edge as `to_input` does). Without a step-3 warp the
-         exact rot90/flip permutations are folded into it too.
+         exact rot90/flip permutations are folded into it too. A sample of several modalities
+         is stacked on the S×S canvas first (its primary placed by the `canvas` matrix, its
+         partners resized), so `place` is then the identity (+ rot90/flips), as for resident chips.
   warp:  canvas -> output, bilinear, rot90/flips + crop/rotation/translation in one matrix,
-         filled with the median of the canvas ring (computed exactly in the graph).
-Speckle (step 6) multiplies by an S×S window of one of K fixed (S+8)² fields of Gamma(L, 1/L)
-draws, L = 1/speckle², made once per stream: the source passes a random field (a memcpy),
-the graph cuts it at a random offset and mirrors it (K·81·4 variants). Exact
-Gamma marginals, and cheap: generating the field in the graph was ~3x slower on CPU; a bank
-kept in the graph as a constant is copied into every sample of every batch; gathering
-windows in numpy cost ~50 µs an image in the source.
+         filled with the median of the canvas ring per channel (computed exactly in the graph).
+Brightness/contrast act on all channels (the contrast mean is over all of them, as in torch).
+Speckle (step 6), on the SAR channels only, multiplies by an S×S window of one of K fixed
+(S+8)² fields of Gamma(L, 1/L) draws, L = 1/speckle², made once per stream: the source passes
+a random field per SAR channel (a memcpy), the graph cuts it at a random offset and mirrors it
+(K·81·4 variants). Exact Gamma marginals, and cheap: generating the field in the graph was ~3x
+slower on CPU; a bank kept in the graph as a constant is copied into every sample of every
+batch; gathering windows in numpy cost ~50 µs an image in the source.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from nvidia.dali import fn, math as dmath, types
@@ -31,8 +35,8 @@ from datasets.augment import AugmentSpec
 NOISE_FIELDS = 1024               # K fields of (S + NOISE_MARGIN)² fp16: ~8 MB at S = 56
 NOISE_MARGIN = 8
 # external_source columns after the encoded bytes: name -> DALI type
-PARAM_TYPES = {"place": types.FLOAT, "matrix": types.FLOAT, "noise": types.FLOAT16,
-               "noise_pos": types.FLOAT, "noise_flip": types.INT32,
+PARAM_TYPES = {"canvas": types.FLOAT, "place": types.FLOAT, "matrix": types.FLOAT,
+               "noise": types.FLOAT16, "noise_pos": types.FLOAT, "noise_flip": types.INT32,
                "brightness": types.FLOAT, "contrast": types.FLOAT}
 
 
@@ -42,11 +46,12 @@ class BatchParams:
 
     place: np.ndarray       # float32 [n, 2, 3]: canvas/output pixel -> decoded image point
     matrix: np.ndarray      # float32 [n, 2, 3]: output point -> canvas point (step 1–3 warp)
-    noise: np.ndarray       # float16 [n, S+8, S+8, 1] noise fields (ones without speckle)
+    noise: np.ndarray       # float16 [n, S+8, S+8, k] fields, k SAR channels (ones without speckle)
     noise_pos: np.ndarray   # float32 [n, 2]: relative (y, x) of the S×S window in its field
     noise_flip: np.ndarray  # int32 [n, 2]: mirror the window (horizontal, vertical)
     brightness: np.ndarray  # float32 [n]
     contrast: np.ndarray    # float32 [n]
+    canvas: np.ndarray | None = None   # float32 [n, 2, 3]: the primary's step 0 alone (stacked modalities)
 
     def columns(self, names: list[str]) -> tuple[np.ndarray, ...]:
         """The named fields as dense batch arrays: external_source takes one in ~0.5 µs a
@@ -54,21 +59,33 @@ class BatchParams:
         return tuple(np.ascontiguousarray(getattr(self, name)) for name in names)
 
 
-def used_params(spec: AugmentSpec) -> list[str]:
-    """The parameter columns the graph of `spec` reads (DALI warns about unused ones)."""
-    wanted = {"place": True, "matrix": spec.warps, "noise": spec.speckle > 0,
+def effective(spec: AugmentSpec, sar: tuple[int, int]) -> AugmentSpec:
+    """The spec the graph runs: no speckle where there is no SAR channel (`sar` = [start, stop))."""
+    return spec if sar[1] > sar[0] or spec.speckle == 0 else replace(spec, speckle=0.0)
+
+
+def used_params(spec: AugmentSpec, separate_canvas: bool = False) -> list[str]:
+    """The parameter columns the graph of `spec` reads (DALI warns about unused ones);
+    `separate_canvas`: the primary's canvas matrix too (a sample of several modalities)."""
+    wanted = {"canvas": separate_canvas, "place": True, "matrix": spec.warps, "noise": spec.speckle > 0,
               "noise_pos": spec.speckle > 0, "noise_flip": spec.speckle > 0,
               "brightness": spec.brightness > 0, "contrast": spec.contrast > 0}
     return [name for name in PARAM_TYPES if wanted[name]]
 
 
 def draw_params(spec: AugmentSpec, height: np.ndarray, width: np.ndarray, size: int,
-                rng: np.random.Generator, bank: np.ndarray | None = None) -> BatchParams:
+                rng: np.random.Generator, bank: np.ndarray | None = None, *, sar_channels: int = 1,
+                separate_canvas: bool = False) -> BatchParams:
     """Draw every per-sample random parameter of one batch (vectorised numpy); `bank` is
-    `noise_bank(spec.speckle, seed, size)`, needed when spec.speckle > 0."""
+    `noise_bank(spec.speckle, seed, size)`, needed when spec.speckle > 0 (one field per SAR
+    channel). `separate_canvas`: step 0 goes to `canvas`, `place` starts from the S×S canvas
+    (the same draws as for S×S chips: the sizes draw nothing)."""
     n = len(height)
     permute = _rot90_and_flips(spec, n, size, rng)          # steps 1–2, exact
     place = _canvas(height, width, size)                    # step 0
+    canvas = None
+    if separate_canvas:
+        canvas, place = place[:, :2].astype(np.float32), np.tile(np.eye(3), (n, 1, 1))
     if spec.warps:
         matrix = permute @ _warp(spec, n, size, rng)         # step 3 after 1–2
     else:
@@ -76,19 +93,23 @@ def draw_params(spec: AugmentSpec, height: np.ndarray, width: np.ndarray, size: 
     return BatchParams(
         place=place[:, :2].astype(np.float32),
         matrix=matrix[:, :2].astype(np.float32),
-        noise=_noise_fields(bank, n, rng),
+        noise=_noise_fields(bank, n, rng, sar_channels),
         noise_pos=(rng.integers(0, NOISE_MARGIN + 1, (n, 2)) / NOISE_MARGIN).astype(np.float32),
         noise_flip=rng.integers(0, 2, (n, 2), dtype=np.int32),
         brightness=_factor(spec.brightness, n, rng),
         contrast=_factor(spec.contrast, n, rng),
+        canvas=canvas,
     )
 
 
-def _noise_fields(bank: np.ndarray | None, n: int, rng: np.random.Generator) -> np.ndarray:
-    """n random fields of the bank (a gather of whole contiguous fields: a memcpy each)."""
+def _noise_fields(bank: np.ndarray | None, n: int, rng: np.random.Generator, k: int = 1) -> np.ndarray:
+    """n random fields of the bank (a gather of whole contiguous fields: a memcpy each), or
+    n×k stacked along the channels for k SAR channels."""
     if bank is None:
         return np.ones((n, 1, 1, 1), np.float16)
-    return bank[rng.integers(0, len(bank), n)]
+    if k == 1:
+        return bank[rng.integers(0, len(bank), n)]
+    return bank[rng.integers(0, len(bank), (n, k)), ..., 0].transpose(0, 2, 3, 1)
 
 
 def _factor(amount: float, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -154,55 +175,78 @@ def noise_bank(speckle: float, seed: int, size: int) -> np.ndarray | None:
     return rng.gamma(looks, 1.0 / looks, (NOISE_FIELDS, side, side, 1)).astype(np.float16)
 
 
-def ring_median(canvas, size: int):
-    """Lower median of each uint8 canvas's outer 1-px ring (torch.median's choice), exactly:
-    the smallest grey level v with at least `rank` ring pixels <= v, found in two radix-16
-    rounds (which 16-level bucket, then which level in it). Fewer graph ops than bisection
-    and 1/8 of the comparisons of a full 256-level count: ~35% faster on CPU than either."""
-    def flat(t):
-        return fn.reshape(t, shape=[-1])
-    ring = fn.cat(flat(canvas[0]), flat(canvas[size - 1]), flat(canvas[1:size - 1, 0]),
-                  flat(canvas[1:size - 1, size - 1]), axis=0)
-    ring = fn.reshape(fn.cast(ring, dtype=types.INT32), shape=[1, -1])
+def ring_median(canvas, size: int, channels: int = 1):
+    """Lower median of each uint8 canvas's outer 1-px ring (torch.median's choice), per
+    channel, exactly: the smallest grey level v with at least `rank` ring pixels <= v, found
+    in two radix-16 rounds (which 16-level bucket, then which level in it). Fewer graph ops
+    than bisection and 1/8 of the comparisons of a full 256-level count: ~35% faster on CPU
+    than either. One channel: a scalar per sample; C channels: a [C] vector."""
+    def side(t):   # [n, C] ring pixels of one side (one channel: flat [n])
+        return fn.reshape(t, shape=[-1]) if channels == 1 else t
+    ring = fn.cat(side(canvas[0]), side(canvas[size - 1]), side(canvas[1:size - 1, 0]),
+                  side(canvas[1:size - 1, size - 1]), axis=0)
+    lead = [1, -1] if channels == 1 else [1, -1, channels]      # [1, ring(, C)]
+    ring = fn.reshape(fn.cast(ring, dtype=types.INT32), shape=lead)
     rank = (4 * size - 4 - 1) // 2 + 1
-    steps = types.Constant(np.arange(16, dtype=np.int32).reshape(16, 1))
+    steps = types.Constant(np.arange(16, dtype=np.int32).reshape([16] + [1] * (len(lead) - 1)))
 
     def levels_below(levels):   # how many of the 16 levels have < rank ring pixels <= them
         at_most = fn.reductions.sum(fn.cast(ring <= levels, dtype=types.INT32), axes=1)
-        return fn.reductions.sum(fn.cast(at_most < rank, dtype=types.INT32))
+        return fn.reductions.sum(fn.cast(at_most < rank, dtype=types.INT32), axes=0)
     bucket = levels_below(steps * 16 + 15) * 16
     return fn.cast(bucket + levels_below(bucket + steps), dtype=types.FLOAT)
 
 
-def augment_graph(image, params: dict, spec: AugmentSpec, size: int, device: str):
-    """uint8 HWC image nodes -> HWC nodes holding the spec's x·255 before normalisation
-    (uint8 for the identity spec, float32 otherwise). `params` maps `BatchParams` field names
-    to external_source nodes (CPU)."""
+def augment_graph(image, params: dict, spec: AugmentSpec, size: int, device: str, *,
+                  channels: int = 1, sar: tuple[int, int] = (0, 1)):
+    """uint8 HWC image nodes of `channels` channels -> HWC nodes holding the spec's x·255
+    before normalisation (uint8 for the identity spec, float32 otherwise); speckle only on the
+    channels [sar[0], sar[1]) (`spec` is `effective(spec, sar)`). `params` maps `BatchParams`
+    field names to external_source nodes (CPU)."""
     canvas = fn.warp_affine(image, matrix=params["place"], size=[size, size],
                             interp_type=types.INTERP_NN)                    # step 0 (+ 1–2)
     if not (spec.warps or spec.brightness or spec.contrast or spec.speckle):
         return canvas
-    x, fill = canvas, np.float32(0.0)
+    x, fill, fill_mean = canvas, np.float32(0.0), np.float32(0.0)
     if spec.warps:                                                           # step 3 (+ 1–2)
-        fill = ring_median(canvas, size)
+        fill = ring_median(canvas, size, channels)                           # [C] (C = 1: scalar)
+        fill_mean = fill if channels == 1 else fn.reductions.mean(fill)
         x = fn.warp_affine(canvas - fill, matrix=params["matrix"], size=[size, size],
                            fill_value=0.0, interp_type=types.INTERP_LINEAR)
     # Steps 3's "+ fill" and 5 in one multiply-add with per-sample scalars (every DALI
-    # arithmetic op is a pass over the batch): with v = x + fill, brightness b, contrast c,
-    #   c·(b·v − mean(b·v)) + mean(b·v) = (b·c)·x + b·c·fill + (1 − c)·b·(mean(x) + fill).
+    # arithmetic op is a pass over the batch): with v = x + fill, brightness b, contrast c
+    # (mean over every channel, so mean(v) = mean(x) + mean(fill)),
+    #   c·(b·v − mean(b·v)) + mean(b·v) = (b·c)·x + b·c·fill + (1 − c)·b·(mean(x) + mean(fill)).
     b = params["brightness"] if spec.brightness else np.float32(1.0)
     if spec.contrast:
         c = params["contrast"]
         scale = b * c
-        x = x * scale + (scale * fill + (1.0 - c) * b * (fn.reductions.mean(x) + fill))
+        x = x * scale + (scale * fill + (1.0 - c) * b * (fn.reductions.mean(x) + fill_mean))
     elif spec.brightness:
         x = x * b + b * fill
     elif spec.warps:
         x = x + fill
     if spec.speckle > 0:                                                     # step 6
-        noise = params["noise"].gpu() if device == "gpu" else params["noise"]
-        pos, flip = params["noise_pos"], params["noise_flip"]
-        window = fn.crop(noise, crop=[size, size], crop_pos_y=pos[0], crop_pos_x=pos[1],
-                         dtype=types.FLOAT)                 # (flip takes no fp16 on CPU)
-        x = x * fn.flip(window, horizontal=flip[0], vertical=flip[1])
+        floats = spec.warps or spec.brightness or spec.contrast            # else x is the uint8 canvas
+        x = _speckle(x, params, size, device, channels, sar, floats)
     return dmath.clamp(x, np.float32(0.0), np.float32(255.0))               # step 7
+
+
+def _speckle(x, params: dict, size: int, device: str, channels: int, sar: tuple[int, int], floats: bool):
+    """x times the noise window on the channels [sar[0], sar[1]); the others pass through
+    (as float: the channels are joined again)."""
+    noise = params["noise"].gpu() if device == "gpu" else params["noise"]
+    pos, flip = params["noise_pos"], params["noise_flip"]
+    window = fn.crop(noise, crop=[size, size], crop_pos_y=pos[0], crop_pos_x=pos[1],
+                     dtype=types.FLOAT)                     # (flip takes no fp16 on CPU)
+    window = fn.flip(window, horizontal=flip[0], vertical=flip[1])
+    start, stop = sar
+    if (start, stop) == (0, channels):
+        return x * window
+    if not floats:
+        x = fn.cast(x, dtype=types.FLOAT)
+    pieces = [x[:, :, :start]] if start else []
+    pieces.append(x[:, :, start:stop] * window)
+    if stop < channels:
+        pieces.append(x[:, :, stop:])
+    return fn.cat(*pieces, axis=2)

@@ -33,12 +33,10 @@ def check_dali() -> None:
 
 def choose_loader(loader: str, resident_bytes: int, device: torch.device, channels: int = 1) -> str:
     """resident | torch | dali. `auto` is resident when the decoded train/val/test splits fit in
-    half the free memory of the device that will hold them, else the torch reader."""
+    half the free memory of the device that will hold them, else the torch reader. Every loader
+    takes any channel count (gray, RGB, SAR+EO stacked); `channels` is part of resident_bytes."""
     if loader == "dali":
         check_dali()
-        if channels != 1:
-            raise ConfigError(f"data.loader: dali reads one gray channel; these shards have {channels} "
-                              "(RGB or SAR+EO): use data.loader=resident, torch or auto")
     if loader != "auto":
         return loader
     return "resident" if resident_bytes <= RESIDENT_SHARE * free_memory(device) else "torch"
