@@ -58,7 +58,7 @@ def train_epoch(ctx: EpochContext, epoch: int, start_batch: int = 0) -> tuple[in
     for images, labels, ids in ctx.iterate(ctx.stream):
         batch += 1
         if ctx.on_ids is not None:
-            ctx.on_ids(epoch, np.asarray(ids))
+            ctx.on_ids(epoch, ids.cpu().numpy() if torch.is_tensor(ids) else np.asarray(ids))
         group.append((images, labels))
         end_of_group = batch % sched.grad_accum == 0 or batch == n_micro
         if not end_of_group:

@@ -59,6 +59,7 @@ def fit_classifiers(setup: Setup, evaluator: Evaluator, model: nn.Module, stage:
                     torch.from_numpy(train_feats.features), torch.from_numpy(train_feats.labels))
             elif name == "tau_norm":
                 fitted[name], extra = _fit_tau(setup, evaluator, model, net)
+            fitted[name] = fitted[name].to(setup.accelerator.device)   # scored on the model's features
             evals[name] = {**evaluator.evaluate(model, "val", fitted[name]), **extra}
     return fitted, evals
 
@@ -104,8 +105,8 @@ def train_head_on_stream(setup: Setup, net: nn.Module, head: nn.Module, stage: S
     opt = torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
     sched = OptimSpec(lr=spec.lr, momentum=spec.momentum, nesterov=False, weight_decay=spec.weight_decay,
                       warmup_epochs=0.0, schedule="cosine", min_lr=0.0, grad_accum=1)
-    lookup = torch.full((setup.recipe.num_classes,), -1, dtype=torch.long)
-    lookup[torch.tensor(head.classes)] = torch.arange(len(head.classes))
+    lookup = torch.full((setup.recipe.num_classes,), -1, dtype=torch.long, device=acc.device)
+    lookup[torch.tensor(head.classes, device=acc.device)] = torch.arange(len(head.classes), device=acc.device)
     was_training = net.training
     net.eval()
     step, total = 0, spec.epochs * len(stream)
@@ -114,7 +115,7 @@ def train_head_on_stream(setup: Setup, net: nn.Module, head: nn.Module, stage: S
         for images, labels, _ in setup.streams.iterate(stream):
             with torch.no_grad(), acc.autocast():
                 feats = net.features(images.to(acc.device, non_blocking=True)).float()
-            loss = F.cross_entropy(head(feats), lookup[labels].to(acc.device))
+            loss = F.cross_entropy(head(feats), lookup[labels.to(acc.device)])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             for p in params if acc.num_processes > 1 else []:
