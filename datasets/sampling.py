@@ -207,12 +207,16 @@ def epoch_plan(labels: np.ndarray, spec: SamplingSpec, *, epoch: int, total_epoc
     return plan[order_rng.permutation(len(plan))]
 
 
-def rank_batches(plan: np.ndarray, batch_size: int, rank: int, world: int) -> list[np.ndarray]:
+def rank_batches(plan: np.ndarray, batch_size: int, rank: int, world: int,
+                 equal: bool = False) -> list[np.ndarray]:
     """This rank's batches: the plan cut into S·world near-equal contiguous batches,
     S = ceil(len/(world·batch_size)), batch k going to rank k % world.
 
     Every rank gets S batches and the union over ranks is exactly `plan`. Batches never exceed
     batch_size unless the plan is too short to give every batch a sample (then S = len // world).
+    `equal`: every batch has the same size, for `torch.compile` (one graph per stage, not one
+    per size); the plan is padded with its own first samples, as DistributedSampler pads, so
+    fewer than S·world samples are seen twice in the epoch.
     """
     if not 0 <= rank < world:
         raise DataError(f"sampling: rank {rank} outside 0..{world - 1}")
@@ -220,6 +224,10 @@ def rank_batches(plan: np.ndarray, batch_size: int, rank: int, world: int) -> li
         raise DataError(f"sampling: batch_size must be >= 1, got {batch_size}")
     if len(plan) < world:
         raise DataError(f"sampling: an epoch of {len(plan)} samples cannot feed {world} ranks")
+    plan = np.asarray(plan, dtype=np.int64)
     per_rank = min(math.ceil(len(plan) / (world * batch_size)), len(plan) // world)
-    batches = np.array_split(np.asarray(plan, dtype=np.int64), per_rank * world)
+    if equal:
+        size = math.ceil(len(plan) / (per_rank * world))
+        plan = np.resize(plan, per_rank * world * size)   # repeats the plan from its start
+    batches = np.array_split(plan, per_rank * world)
     return batches[rank::world]

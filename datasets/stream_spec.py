@@ -38,6 +38,7 @@ class StreamSpec:
     rank: int = 0
     world: int = 1
     total_epochs: int = 1
+    equal_batches: bool = False         # pad the epoch so every batch has one size (torch.compile)
 
     @classmethod
     def sequential(cls, batch_size: int, input_size: int, *, rank: int = 0, world: int = 1,
@@ -118,7 +119,7 @@ class OpenSplit:
         plan = epoch_plan(self.split.labels, spec.sampling, epoch=epoch,
                           total_epochs=spec.total_epochs, seed=spec.seed)
         try:
-            return rank_batches(plan, spec.batch_size, spec.rank, spec.world)
+            return rank_batches(plan, spec.batch_size, spec.rank, spec.world, spec.equal_batches)
         except DataError as e:
             raise DataError(f"{self.where()}: {e}") from None
 

@@ -131,3 +131,29 @@ def test_dali_takes_any_channel_count():
     pytest.importorskip("nvidia.dali")
     for channels in (1, 3, 4):   # gray, RGB, SAR+EO: DaliStream stacks them (tests/test_dali_channels.py)
         assert choose_loader("dali", 1, torch.device("cpu"), channels=channels) == "dali"
+
+
+def test_equal_batches_are_the_same_on_both_readers_and_of_one_size(tiny_shards):
+    plain = list(ResidentStream(tiny_shards, "train", spec(batch_size=6)))
+    s = spec(augment=STRONG, batch_size=6, equal_batches=True)
+    a, b = ShardStream(tiny_shards, "train", s), ResidentStream(tiny_shards, "train", s)
+    got_a, got_b = list(make_loader(a, 0)), list(b)
+    assert len({len(y) for _, y, _ in plain}) == 2 and len({len(y) for _, y, _ in got_b}) == 1
+    assert len(got_b) == len(plain)
+    for (xa, ya, ia), (xb, yb, ib) in zip(got_a, got_b):
+        assert torch.equal(ia, ib) and torch.equal(ya, yb)
+        torch.testing.assert_close(xa, xb, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_speed_compile_gives_training_batches_of_one_size(tiny_shards, tmp_path, compiled):
+    from trainer.config import validate
+    from trainer.preflight import prepare
+
+    cfg = validate({"data": {"shards": str(tiny_shards), "batch_size": 6, "loader": "resident"},
+                    "model": {"name": "resnet_cifar", "depth": 8, "width": 4},
+                    "stages": [{"name": "a", "epochs": 1}], "speed": {"compile": compiled},
+                    "run": {"dir": str(tmp_path / "run")}})
+    setup = prepare(cfg, trackers=False)
+    sizes = {len(y) for _, y, _ in setup.streams.train(setup.recipe.stages[0], seed=0)}
+    assert setup.streams.equal_batches is compiled and (len(sizes) == 1) is compiled

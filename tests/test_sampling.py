@@ -204,6 +204,19 @@ def test_rank_batches_partition_the_plan_evenly(n, batch, world):
         assert max(sizes) <= batch
 
 
+@pytest.mark.parametrize("n,batch,world", [(577, 64, 1), (37, 4, 2), (100, 7, 3), (8, 4, 4)])
+def test_equal_batches_have_one_size_and_cover_the_plan(n, batch, world):
+    plan_ids = np.random.default_rng(0).permutation(n)
+    plain = [rank_batches(plan_ids, batch, r, world) for r in range(world)]
+    equal = [rank_batches(plan_ids, batch, r, world, equal=True) for r in range(world)]
+    assert [len(b) for b in equal] == [len(b) for b in plain]         # same steps: resume positions hold
+    sizes = {len(x) for b in equal for x in b}
+    assert len(sizes) == 1 and sizes.pop() <= max(batch, -(-n // world))
+    every = np.concatenate([np.concatenate(b) for b in equal])
+    assert set(every.tolist()) == set(range(n))                        # nothing dropped
+    assert len(every) - n < len(plain[0]) * world                      # fewer repeats than batches
+
+
 def test_rank_batches_errors():
     with pytest.raises(DataError, match="cannot feed 4 ranks"):
         rank_batches(np.arange(3), 8, 0, 4)

@@ -112,17 +112,18 @@ def prepare(cfg: dict, *, trackers: bool = True, check_run: bool = True) -> Setu
     channels = recipe.model["in_channels"]
     pixels = sum(len(s) for s in index.splits.values()) * recipe.input_size ** 2 * channels
     kind = choose_loader(data["loader"], pixels, acc.device, channels)
+    speed = SpeedSpec.resolve(cfg["speed"], acc.device.type == "cuda")
     streams = Streams(shards=data["shards"], kind=kind, input_size=recipe.input_size,
                       batch_size=data["batch_size"], eval_batch_size=data["eval_batch_size"],
                       num_workers=data["num_workers"], dali_threads=data["dali_threads"],
-                      rank=acc.process_index, world=acc.num_processes, device=acc.device)
+                      rank=acc.process_index, world=acc.num_processes, device=acc.device,
+                      equal_batches=speed.compile)
     if kind == "resident":  # decode (or check the cache) once, on the main process first
         with acc.main_process_first():
             for split in index.splits:
                 streams.open(split, StreamSpec.sequential(4096, recipe.input_size))
     for stage in recipe.stages:  # every stage's batch must split over the ranks
         per_rank_batch(data["batch_size"], acc.num_processes, stage.optim.grad_accum)
-    speed = SpeedSpec.resolve(cfg["speed"], acc.device.type == "cuda")
     if speed.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True   # fixed chip size: the autotuned kernels stay valid
     return Setup(cfg, run_dir, index, recipe, acc, streams, speed)

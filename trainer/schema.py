@@ -122,7 +122,7 @@ SCHEMA = {
     "optim": OPTIM,
     "speed": {
         "channels_last": auto_bool(True), # faster on CUDA and, for these models, on the CPU too
-        "compile": auto_bool(False),      # torch.compile of the model (one compile per stage)
+        "compile": auto_bool(False),      # torch.compile; training batches padded to one size: one graph per stage
         "cudnn_benchmark": auto_bool(),
         "sgd": field(str, "auto", ["auto", "foreach", "fused", "plain"]),
         "sync_bn": field(bool, False),

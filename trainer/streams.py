@@ -70,6 +70,7 @@ class Streams:
     rank: int = 0
     world: int = 1
     device: torch.device = torch.device("cpu")
+    equal_batches: bool = False   # training batches of one size (set with speed.compile)
     pixels: dict = field(default_factory=dict, compare=False)   # (split, size) -> resident uint8 tensor
 
     def open(self, split: str, spec: StreamSpec):
@@ -98,7 +99,8 @@ class Streams:
         """The stream of one stage: its sampling and augmentation, `stage.epochs` long."""
         batch = per_rank_batch(batch_size or self.batch_size, self.world, stage.optim.grad_accum)
         return self.open(split, StreamSpec(batch, stage.sampling, stage.augment, self.input_size,
-                                           seed, self.rank, self.world, max(1, stage.epochs)))
+                                           seed, self.rank, self.world, max(1, stage.epochs),
+                                           self.equal_batches))
 
     def eval(self, split: str):
         """Every sample of `split` once, unaugmented, spread over the ranks."""
