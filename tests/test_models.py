@@ -71,6 +71,20 @@ def test_gradients_reach_every_parameter(name):
         assert p.grad.abs().sum() > 0, pname
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (CPU kernels are deterministic anyway)")
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_backward_is_deterministic_on_cuda(name, monkeypatch):
+    """Global pooling is a mean: adaptive_avg_pool2d has no deterministic CUDA backward."""
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # cuBLAS's own condition
+    model = build_model(SMALL[name], 4).cuda().train()
+    torch.use_deterministic_algorithms(True, warn_only=False)
+    try:
+        model(torch.randn(4, 1, 16, 16, device="cuda")).logsumexp(1).sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_last_block_is_the_last_residual_block_run(name):
     model = build_model(SMALL[name], 3).eval()
