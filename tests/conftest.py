@@ -50,3 +50,22 @@ def module_shards(tmp_path_factory) -> Path:
     out = tmp / "shards"
     build_shards(write_raw(tmp / "raw"), out, val_fraction=0.2, seed=0, shard_size=8, workers=1, quiet=True)
     return out
+
+
+# Multi-channel shard sets: kind -> (shards build --modalities, channels per chip).
+CHANNEL_KINDS = {"rgb": ("eo", 3), "pair": ("sar,eo", 4)}
+
+
+@pytest.fixture(scope="session")
+def channel_sets(tmp_path_factory) -> dict[str, Path]:
+    """An RGB-only and a SAR+EO shard set of one tiny synthetic set with an EO twin per chip."""
+    from datasets.synthetic import make_synthetic
+    from shards.build import build_shards
+
+    base = tmp_path_factory.mktemp("channels")
+    raw = base / "raw"
+    make_synthetic(raw, "mini", seed=0, counts=(6, 4, 3, 3, 3, 3, 3, 3, 3, 3), test_per_class=2, eo="every")
+    for kind, (modalities, _) in CHANNEL_KINDS.items():
+        build_shards(raw / "train_images", base / kind, val_fraction=0.2, seed=0, workers=1, quiet=True,
+                     modalities=modalities)
+    return {kind: base / kind for kind in CHANNEL_KINDS}

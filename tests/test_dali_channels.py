@@ -24,29 +24,16 @@ from datasets.resident import ResidentStream, load_pixels  # noqa: E402
 from datasets.sampling import SamplingSpec  # noqa: E402
 from datasets.stream import ShardStream, make_loader  # noqa: E402
 from datasets.stream_spec import StreamSpec, open_split  # noqa: E402
-from datasets.synthetic import make_synthetic  # noqa: E402
-from shards.build import build_shards  # noqa: E402
+from conftest import CHANNEL_KINDS as KINDS  # noqa: E402
 from shards.errors import DataError  # noqa: E402
 
 S = 56
-KINDS = {"rgb": ("eo", 3), "pair": ("sar,eo", 4)}
 STRONG = AugmentSpec(rotate="free", hflip=True, vflip=True, crop_scale=(0.6, 1.0), translate=3,
                      speckle=0.25, brightness=0.2, contrast=0.2)
 PLAN = SamplingSpec(kind="class", per_class=3)
 # PNG source against the resident one, in grey levels: DALI's antialiased linear resize of the
 # EO partner against torch's (measured: S=56 max 1.0, mean 0.001; S=24 max 4.0, mean 0.033).
 RESIZE_TOLERANCE = {56: (1.5, 0.005), 24: (5.0, 0.05)}
-
-
-@pytest.fixture(scope="module")
-def sets(tmp_path_factory) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("channels")
-    raw = base / "raw"
-    make_synthetic(raw, "mini", seed=0, counts=(6, 4, 3, 3, 3, 3, 3, 3, 3, 3), test_per_class=2, eo="every")
-    for kind, (modalities, _) in KINDS.items():
-        build_shards(raw / "train_images", base / kind, val_fraction=0.2, seed=0, workers=1, quiet=True,
-                     modalities=modalities)
-    return {kind: base / kind for kind in KINDS}
 
 
 def spec(augment=None, size: int = S, **kw) -> StreamSpec:
@@ -70,9 +57,9 @@ def unit(root: Path, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_resident_source_gives_the_torch_streams_batches(sets, kind):
+def test_resident_source_gives_the_torch_streams_batches(channel_sets, kind):
     """Identity: the pixels of ResidentStream and ShardStream within 1e-5; strong: their plan."""
-    root, channels = sets[kind], KINDS[kind][1]
+    root, channels = channel_sets[kind], KINDS[kind][1]
     got = dali(root, spec())
     for ref in (list(ResidentStream(root, "train", spec())), list(make_loader(ShardStream(root, "train", spec()), 0))):
         assert len(got) == len(ref) > 1
@@ -91,10 +78,10 @@ def test_resident_source_gives_the_torch_streams_batches(sets, kind):
 @pytest.mark.parametrize("size", sorted(RESIZE_TOLERANCE))
 @pytest.mark.parametrize("augment", [None, STRONG], ids=["identity", "strong"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_png_source_stacks_the_members_like_the_decoder(sets, kind, augment, size):
+def test_png_source_stacks_the_members_like_the_decoder(channel_sets, kind, augment, size):
     """RGB alone: as the resident source (no resize). SAR+EO: the SAR canvas as the resident
     source, the resized EO within the measured tolerance (same augmentation parameters)."""
-    root = sets[kind]
+    root = channel_sets[kind]
     png, res = dali(root, spec(augment, size), resident=False), dali(root, spec(augment, size))
     assert len(png) == len(res) > 1
     worst, total = 0.0, []
@@ -123,8 +110,8 @@ def reference(canvas: torch.Tensor, matrix: np.ndarray, b: float, c: float) -> t
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_warp_fill_and_photometry_per_channel_match_the_definition(sets, kind):
-    root = sets[kind]
+def test_warp_fill_and_photometry_per_channel_match_the_definition(channel_sets, kind):
+    root = channel_sets[kind]
     aug = AugmentSpec(rotate="free", hflip=True, crop_scale=(0.5, 0.8), translate=4, brightness=0.3, contrast=0.3)
     px = pixels(root)
     images, _, ids = dali(root, spec(aug, sampling=SamplingSpec(kind="sequential")))[0]
@@ -134,29 +121,29 @@ def test_warp_fill_and_photometry_per_channel_match_the_definition(sets, kind):
         torch.testing.assert_close(out, reference(px[i], m, float(b), float(c)), atol=2e-3, rtol=0)
 
 
-def test_speckle_only_on_the_sar_channel(sets):
+def test_speckle_only_on_the_sar_channel(channel_sets):
     """SAR+EO: the EO channels pass untouched, the SAR one gets Gamma noise of the given std;
     RGB alone has no radar channel: no speckle and no noise columns at all."""
-    noisy, plain = (dali(sets["pair"], spec(aug, batch_size=24)) for aug in (AugmentSpec(speckle=0.3), None))
+    noisy, plain = (dali(channel_sets["pair"], spec(aug, batch_size=24)) for aug in (AugmentSpec(speckle=0.3), None))
     ratios = []
     for (x, _, i), (xp, _, ip) in zip(noisy, plain):
         assert torch.equal(i, ip)
         torch.testing.assert_close(x[:, 1:], xp[:, 1:], atol=1e-5, rtol=0)
-        got, ref = unit(sets["pair"], x)[:, 0], unit(sets["pair"], xp)[:, 0]
+        got, ref = unit(channel_sets["pair"], x)[:, 0], unit(channel_sets["pair"], xp)[:, 0]
         keep = (ref > 20 / 255) & (ref < 80 / 255)
         ratios.append((got[keep] / ref[keep]).double())
     g = torch.cat(ratios)
     assert g.numel() > 5000 and g.mean().item() == pytest.approx(1.0, abs=0.02)
     assert g.std().item() == pytest.approx(0.3, abs=0.02)
-    rgb = DaliStream(sets["rgb"], "train", spec(AugmentSpec(speckle=0.3)), device="cpu")
+    rgb = DaliStream(channel_sets["rgb"], "train", spec(AugmentSpec(speckle=0.3)), device="cpu")
     assert rgb.augment.speckle == 0 and not any(n.startswith("noise") for n in used_params(rgb.augment))
-    for (x, _, _), (xp, _, _) in zip(list(rgb), dali(sets["rgb"], spec())):
+    for (x, _, _), (xp, _, _) in zip(list(rgb), dali(channel_sets["rgb"], spec())):
         torch.testing.assert_close(x, xp, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_rot90_and_flips_move_every_channel_alike(sets, kind):
-    root = sets[kind]
+def test_rot90_and_flips_move_every_channel_alike(channel_sets, kind):
+    root = channel_sets[kind]
     aug = AugmentSpec(rotate="right", hflip=True, vflip=True)
     turned = dali(root, spec(aug, batch_size=24, sampling=SamplingSpec(kind="class", per_class=12)), resident=False)
     plain = dali(root, spec(batch_size=24, sampling=SamplingSpec(kind="class", per_class=12)))
@@ -172,8 +159,8 @@ def test_rot90_and_flips_move_every_channel_alike(sets, kind):
     assert len(seen) >= 6
 
 
-def test_resume_and_errors_with_several_channels(sets, tmp_path):
-    root = sets["pair"]
+def test_resume_and_errors_with_several_channels(channel_sets, tmp_path):
+    root = channel_sets["pair"]
     s = DaliStream(root, "train", spec(STRONG, seed=2), device="cpu", pixels=pixels(root))
     full = list(s)
     s.set_epoch(0, start_batch=1)
@@ -197,9 +184,9 @@ def test_resume_and_errors_with_several_channels(sets, tmp_path):
         list(DaliStream(copy, "train", spec(sampling=SamplingSpec(kind="sequential")), device="cpu"))
 
 
-def test_the_trainer_feeds_dali_several_channels_decoded_once(sets):
+def test_the_trainer_feeds_dali_several_channels_decoded_once(channel_sets):
     from trainer import streams
 
-    st = streams.Streams(str(sets["pair"]), "dali", S, 8, 8, 0, 2)
+    st = streams.Streams(str(channel_sets["pair"]), "dali", S, 8, 8, 0, 2)
     x, _, _ = next(iter(st.eval("train")))
     assert x.shape[1] == 4 and st.pixels[("train", S)].shape[1:] == (4, S, S)

@@ -19,8 +19,7 @@ from datasets.dali import DaliStream  # noqa: E402
 from datasets.resident import ResidentStream, load_pixels  # noqa: E402
 from datasets.sampling import SamplingSpec  # noqa: E402
 from datasets.stream_spec import StreamSpec, open_split  # noqa: E402
-from datasets.synthetic import make_synthetic  # noqa: E402
-from shards.build import build_shards  # noqa: E402
+from conftest import CHANNEL_KINDS as CHANNELS  # noqa: E402
 
 STRONG = AugmentSpec(rotate="free", hflip=True, vflip=True, crop_scale=(0.6, 1.0), translate=3,
                      speckle=0.25, brightness=0.2, contrast=0.2)
@@ -129,18 +128,6 @@ def test_resident_gpu_resume_is_exact_with_one_pipeline(shards):
 
 
 # -- several channels: RGB alone, SAR+EO ------------------------------------------------------
-CHANNELS = {"rgb": ("eo", 3), "pair": ("sar,eo", 4)}
-
-
-@pytest.fixture(scope="module")
-def sets(tmp_path_factory) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("channels")
-    raw = base / "raw"
-    make_synthetic(raw, "mini", seed=0, counts=(6, 4, 3, 3, 3, 3, 3, 3, 3, 3), test_per_class=2, eo="every")
-    for kind, (modalities, _) in CHANNELS.items():
-        build_shards(raw / "train_images", base / kind, val_fraction=0.2, seed=0, workers=1, quiet=True,
-                     modalities=modalities)
-    return {kind: base / kind for kind in CHANNELS}
 
 
 def grey(root: Path, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -151,11 +138,11 @@ def grey(root: Path, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("spec", [None, STRONG], ids=["identity", "strong"])
 @pytest.mark.parametrize("kind", CHANNELS)
-def test_channels_resident_gpu_source_gives_the_torch_batches(sets, kind, spec, monkeypatch):
+def test_channels_resident_gpu_source_gives_the_torch_batches(channel_sets, kind, spec, monkeypatch):
     """GPU memory [N,C,S,S] -> HWC batches: identity equals ResidentStream on the GPU; any spec
     follows its plan and agrees with DALI's CPU mode to interpolation rounding."""
     monkeypatch.setenv("LOCAL_RANK", "0")
-    root, channels = sets[kind], CHANNELS[kind][1]
+    root, channels = channel_sets[kind], CHANNELS[kind][1]
     kw = dict(augment=spec, seed=4, sampling=SamplingSpec(kind="class", per_class=3), batch_size=8)
     got = list(make_dali(root, "train", device="gpu", pixels=pixels(root, "cuda"), **kw))
     ref = list(ResidentStream(root, "train", StreamSpec(**kw), device="cuda"))
@@ -172,11 +159,11 @@ def test_channels_resident_gpu_source_gives_the_torch_batches(sets, kind, spec, 
 
 @pytest.mark.parametrize("spec", [None, STRONG], ids=["identity", "strong"])
 @pytest.mark.parametrize("kind", CHANNELS)
-def test_channels_png_gpu_source_stacks_the_members(sets, kind, spec, monkeypatch):
+def test_channels_png_gpu_source_stacks_the_members(channel_sets, kind, spec, monkeypatch):
     """Mixed decode, GPU resize of the EO partner: as the resident GPU source within the CPU
     mode's measured resize tolerance (RGB alone: no resize, to rounding)."""
     monkeypatch.setenv("LOCAL_RANK", "0")
-    root = sets[kind]
+    root = channel_sets[kind]
     kw = dict(augment=spec, seed=4, sampling=SamplingSpec(kind="class", per_class=3), batch_size=8)
     png = list(make_dali(root, "train", device="gpu", **kw))
     res = list(make_dali(root, "train", device="gpu", pixels=pixels(root, "cuda"), **kw))
