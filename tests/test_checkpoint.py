@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from trainer import checkpoint
+from trainer.train import checkpoint
 from trainer.errors import TrainingError
 from trainer.models import build_model
 

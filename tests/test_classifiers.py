@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.classifiers import (LWS, NCM, _sample_probs, balanced_accuracy, crt_head, search_tau,
+from trainer.posthoc.classifiers import (LWS, NCM, _sample_probs, balanced_accuracy, crt_head, search_tau,
                                  tau_normalize, tau_normalized_head, train_head_on_features)
 from trainer.errors import ConfigError
 from trainer.models.heads import Head

@@ -1,4 +1,4 @@
-"""`python -m trainer compare`: collecting/launching runs and the mean ± std table (trainer/compare.py)."""
+"""`python -m trainer compare`: collecting/launching runs and the mean ± std table (trainer/commands/compare.py)."""
 from __future__ import annotations
 
 import csv
@@ -11,8 +11,8 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from trainer import compare
-from trainer.config import dump_yaml, load_config
+from trainer.commands import compare
+from trainer.spec.config import dump_yaml, load_config
 
 RECIPE = """\
 data: {{shards: {shards}, input_size: 24}}

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trainer.config import (RECIPES_DIR, apply_overrides, config_differences, load_config,
+from trainer.spec.config import (RECIPES_DIR, apply_overrides, config_differences, load_config,
                             load_run_config, save_config, validate)
 from trainer.errors import ConfigError
-from trainer.spec import resolve
+from trainer.spec.resolve import resolve
 
 sys.path.insert(0, str(Path(__file__).parent))
 from trainer_helpers import fake_index  # noqa: E402
@@ -33,7 +33,7 @@ def test_builtin_recipes_exist_and_validate():
 
 
 def test_three_stage_is_seed_000(monkeypatch):
-    monkeypatch.setattr("trainer.spec._range_axis", lambda *a: "horizontal")  # no chips to read here
+    monkeypatch.setattr("trainer.spec.resolve._range_axis", lambda *a: "horizontal")  # no chips to read here
     cfg = load_config("three_stage")
     st = cfg["stages"]
     assert [s["epochs"] for s in st] == [20, 100, 20, 10]

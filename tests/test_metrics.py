@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from trainer.errors import ConfigError
-from trainer.metrics import evaluate, group_classes
-from trainer.scoring import tta_logits, tta_views
+from trainer.evaluate.metrics import evaluate, group_classes
+from trainer.evaluate.scoring import tta_logits, tta_views
 
 LABELS = [0, 0, 0, 1, 1, 2]
 PREDS = [0, 0, 1, 1, 0, 2]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from trainer.errors import ConfigError
-from trainer.ood import auroc, fpr_at_tpr, ood_metrics, ood_score
+from trainer.evaluate.ood import auroc, fpr_at_tpr, ood_metrics, ood_score
 
 
 def test_scores_by_hand():

@@ -1,4 +1,4 @@
-"""trainer.preemption: signal → local flag → all ranks stop at the same step."""
+"""trainer.train.preemption: signal → local flag → all ranks stop at the same step."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from trainer import preemption
+from trainer.train import preemption
 
 
 @pytest.fixture

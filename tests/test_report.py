@@ -1,4 +1,4 @@
-"""`python -m trainer report RUN` on fabricated and real tiny run folders (trainer/report.py, plots.py)."""
+"""`python -m trainer report RUN` on fabricated and real tiny run folders (trainer/commands/report.py, plots.py)."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from trainer import embedding, plots, report
+from trainer.commands import embedding, plots, report
 
 STAGES = ["joint", "no_class0", "balanced"]
 COUNTS = [40, 12, 6, 3]  # the tiny_shards fixture's class profile

@@ -147,7 +147,7 @@ def test_equal_batches_are_the_same_on_both_readers_and_of_one_size(tiny_shards)
 
 @pytest.mark.parametrize("compiled", [False, True])
 def test_speed_compile_gives_training_batches_of_one_size(tiny_shards, tmp_path, compiled):
-    from trainer.config import validate
+    from trainer.spec.config import validate
     from trainer.preflight import prepare
 
     cfg = validate({"data": {"shards": str(tiny_shards), "batch_size": 6, "loader": "resident"},

@@ -26,7 +26,7 @@ RECIPE = "trainer/recipes/joint_mini.yaml"
 # Tiny and 2-process: 49 training chips, 6 steps per epoch, 3 epochs, one stage.
 TINY = ["data.input_size=16", "model.width=4", "stages.0.epochs=3", "data.batch_size=8",
         "data.num_workers=0", "run.progress_bar=false", "run.log_every=1"]
-STEP_DELAY = "0.3"  # s per step (trainer.preemption test hook): long enough to signal mid-stage
+STEP_DELAY = "0.3"  # s per step (trainer.train.preemption test hook): long enough to signal mid-stage
 
 
 # ---------------------------------------------------------------- fixtures

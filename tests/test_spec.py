@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config import load_config, validate
+from trainer.spec.config import load_config, validate
 from trainer.errors import ConfigError
-from trainer.spec import resolve
+from trainer.spec.resolve import resolve
 
 sys.path.insert(0, str(Path(__file__).parent))
 from trainer_helpers import fake_index  # noqa: E402
@@ -70,7 +70,7 @@ def test_a_later_stage_must_not_draw_outside_a_subset_head():
 
 
 def test_head_classes_through_the_three_stage_recipe(monkeypatch):
-    monkeypatch.setattr("trainer.spec._range_axis", lambda *a: "horizontal")  # no chips to read here
+    monkeypatch.setattr("trainer.spec.resolve._range_axis", lambda *a: "horizontal")  # no chips to read here
     spec = resolve(load_config("three_stage", ["data.shards=/x"]), fake_index([500] * 10))
     assert [s.head_classes for s in spec.stages] == [tuple(range(10)), tuple(range(1, 10)),
                                                        tuple(range(10)), tuple(range(10))]
@@ -106,13 +106,13 @@ def test_auto_flips_and_views_follow_the_radar(monkeypatch):
     for axis, flips, views in (("horizontal", (False, True), ("identity", "vflip")),
                                ("vertical", (True, False), ("identity", "hflip")),
                                ("unknown", (True, False), ("identity", "hflip"))):
-        monkeypatch.setattr("trainer.spec._range_axis", lambda *a, axis=axis: axis)
+        monkeypatch.setattr("trainer.spec.resolve._range_axis", lambda *a, axis=axis: axis)
         spec = resolve(rec, fake_index(COUNTS))
         aug = spec.stages[0].augment
         assert (aug.hflip, aug.vflip) == flips and spec.tta_views == views and spec.range_axis == axis
 
 
 def test_rotation_on_radar_chips_is_noted(monkeypatch):
-    monkeypatch.setattr("trainer.spec._range_axis", lambda *a: "horizontal")
+    monkeypatch.setattr("trainer.spec.resolve._range_axis", lambda *a: "horizontal")
     spec = resolve(recipe({"name": "a", "augment": {"rotate": "right"}}), fake_index(COUNTS))
     assert any("augment.rotate=right turns the radar" in n for n in spec.notes)

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.config import validate
+from trainer.spec.config import validate
 from trainer.errors import ConfigError
 from trainer.models import build_model
-from trainer.spec import OptimSpec, resolve
-from trainer.stages import Schedule, apply_head, build_optimizer, lr_at, set_train_mode, set_trainable
+from trainer.spec.resolve import OptimSpec, resolve
+from trainer.train.optim import Schedule, apply_head, build_optimizer, lr_at, set_train_mode, set_trainable
 from trainer.streams import per_rank_batch
 
 sys.path.insert(0, str(Path(__file__).parent))

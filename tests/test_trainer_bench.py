@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from trainer.__main__ import main
-from trainer.bench import MemoryStream, bare_epoch, make_batches, trainer_setup
+from trainer.commands.bench import MemoryStream, bare_epoch, make_batches, trainer_setup
 
 SMALL = ["--model", "resnet_cifar", "--depth", "8", "--width", "8", "--size", "16", "--batch", "8",
          "--steps", "2", "--repeats", "1"]
@@ -36,7 +36,7 @@ def test_bench_bad_arguments(capsys):
 def test_trainer_step_equals_bare_step():
     """Same start, same batches: the trainer's epoch and the bare loop end with the same weights
     (so the benchmark compares equal work)."""
-    from trainer.loop import train_epoch
+    from trainer.train.loop import train_epoch
 
     batches = make_batches(3, 8, 16, 10, torch.device("cpu"))
     cfg = {"name": "resnet_cifar", "depth": 8, "width": 8}

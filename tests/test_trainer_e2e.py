@@ -43,7 +43,7 @@ def test_recipe_end_to_end(recipe, shards, tmp_path, capsys):
 
     m = json.loads((run / "metrics.json").read_text())
     assert m["classes"] == ["0", "1", "2", "3"]
-    from trainer.config import load_run_config
+    from trainer.spec.config import load_run_config
     cfg = load_run_config(run)
     assert [s["name"] for s in m["stages"]] == [s["name"] for s in cfg["stages"]]
     for s in m["stages"]:
@@ -243,7 +243,7 @@ def check_export_matches_predict(run: Path, images: Path, tmp_path: Path) -> Non
     from torchvision.io import ImageReadMode, decode_png, read_file
 
     from datasets.augment import to_input
-    from trainer.export import load_exported
+    from trainer.commands.export import load_exported
 
     files = sorted(images.glob("SAR_*.png"), key=lambda p: int(p.stem[4:]))
     size = json.loads((run / "run.json").read_text())["input_size"]

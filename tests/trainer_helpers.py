@@ -50,7 +50,7 @@ def build_tiny(root: Path, with_test: bool = True) -> Path:
 
 def recipe_overrides(name: str, cfg_stages: list[dict] | None = None) -> list[str]:
     """Tiny overrides for a built-in recipe: 1 epoch per stage, 8 per class, classes of 4."""
-    from trainer.config import load_config
+    from trainer.spec.config import load_config
 
     stages = load_config(name, ["data.shards=-"])["stages"]
     out = []

@@ -6,7 +6,7 @@
   predict    --run RUN --images DIR --out results.csv [--classifier NAME]
   bench      [options]                       trainer overhead vs a bare PyTorch loop
   export     --run RUN [--classifier NAME] --format onnx|torchscript [--score msp|energy|max_logit]
-  report     → trainer.report.main            compare → trainer.compare.main
+  report     → trainer.commands.report.main            compare → trainer.commands.compare.main
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def _train(argv: list[str]) -> int:
     p.add_argument("--config", required=True, help="recipe file or built-in name (joint, three_stage_mini, …)")
     p.add_argument("overrides", nargs="*", help="dotted key=value, e.g. data.shards=OUT stages.0.epochs=2")
     a = p.parse_args(argv)
-    from trainer.config import load_config
+    from trainer.spec.config import load_config
     from trainer.run import train
 
     return train(load_config(a.config, a.overrides))
@@ -50,7 +50,7 @@ def _evaluate(argv: list[str]) -> int:
     p.add_argument("--json", action="store_true", help="print the EVAL dict as JSON")
     p.add_argument("--classifier", default="model", help=CLASSIFIER_HELP)
     a = p.parse_args(argv)
-    from trainer.predict import evaluate_run
+    from trainer.commands.predict import evaluate_run
 
     return evaluate_run(a.run, a.split, as_json=a.json, classifier=a.classifier)
 
@@ -66,14 +66,14 @@ def _predict(argv: list[str]) -> int:
     p.add_argument("--score", choices=["msp", "energy", "max_logit"], default=None,
                    help="add a score column: how likely the chip is a known class (higher = more)")
     a = p.parse_args(argv)
-    from trainer.predict import predict
+    from trainer.commands.predict import predict
 
     return predict(a.run, a.images, a.out, batch_size=a.batch_size, classifier=a.classifier, score=a.score,
                    eo_images=a.eo_images)
 
 
 def _bench(argv: list[str]) -> int:
-    from trainer.bench import main
+    from trainer.commands.bench import main
 
     return main(argv)
 
@@ -87,8 +87,8 @@ def _delegate(module: str):
 
 
 HANDLERS = {"train": _train, "resume": _resume, "evaluate": _evaluate, "predict": _predict,
-            "bench": _bench, "report": _delegate("trainer.report"), "compare": _delegate("trainer.compare"),
-            "export": _delegate("trainer.export")}
+            "bench": _bench, "report": _delegate("trainer.commands.report"), "compare": _delegate("trainer.commands.compare"),
+            "export": _delegate("trainer.commands.export")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,9 +10,9 @@ import torch
 
 from datasets.stream_spec import StreamSpec
 from shards.index import ClassIndex
-from trainer.config import config_differences, load_run_config
+from trainer.spec.config import config_differences, load_run_config
 from trainer.errors import ConfigError
-from trainer.spec import RecipeSpec, resolve
+from trainer.spec.resolve import RecipeSpec, resolve
 from trainer.streams import Streams, choose_loader, per_rank_batch
 
 
@@ -22,7 +22,7 @@ class SpeedSpec:
     channels_last: bool
     compile: bool
     cudnn_benchmark: bool
-    sgd: str            # auto | foreach | fused | plain (trainer.stages.build_optimizer)
+    sgd: str            # auto | foreach | fused | plain (trainer.train.optim.build_optimizer)
     sync_bn: bool
 
     @classmethod

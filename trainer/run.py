@@ -20,18 +20,19 @@ from accelerate.utils import set_seed
 
 from datasets.stream_spec import normalizer_of
 from shards.atomic import write_json
-from trainer import checkpoint, posthoc
-from trainer.config import load_run_config, save_config
+from trainer.train import checkpoint
+from trainer.posthoc import fit as posthoc
+from trainer.spec.config import load_run_config, save_config
 from trainer.errors import TrainingError
-from trainer.evaluation import Evaluator
-from trainer.history import History
-from trainer.loop import EpochContext, train_epoch
+from trainer.evaluate.evaluator import Evaluator
+from trainer.train.history import History
+from trainer.train.loop import EpochContext, train_epoch
 from trainer.losses import build_loss
 from trainer.models import build_model
-from trainer.preemption import install, stop_requested
+from trainer.train.preemption import install, stop_requested
 from trainer.preflight import Setup, prepare
-from trainer.spec import StageSpec
-from trainer.stages import Schedule, apply_head, build_optimizer, set_trainable
+from trainer.spec.resolve import StageSpec
+from trainer.train.optim import Schedule, apply_head, build_optimizer, set_trainable
 from trainer.summary import banner, print_table
 
 

@@ -17,7 +17,7 @@ from datasets.resident import ResidentStream
 from datasets.stream import ShardStream, make_loader
 from datasets.stream_spec import StreamSpec
 from trainer.errors import ConfigError
-from trainer.spec import StageSpec
+from trainer.spec.resolve import StageSpec
 
 
 RESIDENT_SHARE = 0.5   # auto goes resident when the decoded splits take at most this share of free memory

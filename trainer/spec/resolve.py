@@ -1,6 +1,6 @@
 """A recipe resolved once, against the shards, into typed specs that the rest of the trainer reads.
 
-`resolve(cfg, index)` turns the validated recipe (trainer.config) into a `RecipeSpec`: the input
+`resolve(cfg, index)` turns the validated recipe (trainer.spec.config) into a `RecipeSpec`: the input
 size, the model settings, and per stage its length in epochs, `SamplingSpec`, `AugmentSpec`,
 head transition and the classes the head covers, the merged optimizer settings, the loss and
 its class counts, and the post-hoc classifiers. Every check that needs the shards (class ids,
@@ -20,10 +20,10 @@ from datasets.sampling import SamplingSpec
 from datasets.stream_spec import StreamSpec, open_split
 from shards.errors import DataError
 from shards.index import ClassIndex
-from trainer.schema import LENGTHS
+from trainer.spec.schema import LENGTHS
 from trainer.errors import ConfigError
 from trainer.losses import build_loss
-from trainer.scoring import view_names
+from trainer.evaluate.scoring import view_names
 
 REBALANCING_KINDS = ("class", "sqrt", "progressive")
 REBALANCING_LOSSES = ("cb", "balanced_softmax")
@@ -87,7 +87,7 @@ class RecipeSpec:
     head_training: dict[str, HeadTrainingSpec]   # crt, lws
     ncm_metric: str
     taus: tuple[float, ...]
-    tta_views: tuple[str, ...]         # evaluation views (trainer.scoring)
+    tta_views: tuple[str, ...]         # evaluation views (trainer.evaluate.scoring)
     range_axis: str                    # horizontal | vertical | unknown | unchecked (datasets.geometry)
     notes: tuple[str, ...]             # warnings worth printing at the start (double correction)
 

@@ -1,7 +1,7 @@
 """The report's out-of-distribution section: score histograms of known and unknown chips.
 
 Scores come from the run's final model exactly as `predict --score` computes them (logits
-averaged over the TTA views; trainer/ood.py), on the known split that metrics.json used
+averaged over the TTA views; trainer/evaluate/ood.py), on the known split that metrics.json used
 (test, or val) and on the shards' `ood` split.
 """
 from __future__ import annotations
@@ -13,10 +13,10 @@ import torch
 
 from datasets.resident import ResidentStream
 from datasets.stream_spec import StreamSpec
-from trainer import plots
-from trainer.ood import SCORES, auroc, ood_score
-from trainer.predict import load_scorer
-from trainer.scoring import score_views
+from trainer.commands import plots
+from trainer.evaluate.ood import SCORES, auroc, ood_score
+from trainer.commands.predict import load_scorer
+from trainer.evaluate.scoring import score_views
 
 
 def split_logits(scorer, shards: str, split: str, size: int, device) -> np.ndarray:

@@ -1,6 +1,6 @@
 """`python -m trainer bench [e2e | step | gpu]`: the trainer against plain PyTorch, side by side.
 
-- e2e (default, trainer/bench_e2e.py): the whole trainer, data included, against a plain loop
+- e2e (default, trainer/commands/bench_e2e.py): the whole trainer, data included, against a plain loop
   on preloaded tensors doing the same steps.
 - step: the training step alone on the same in-memory batches, so the difference is the
   trainer's own overhead (Accelerate wrapping, LR schedule, full-class logits, loss checks,
@@ -20,7 +20,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from trainer.config import validate
+from trainer.spec.config import validate
 from trainer.errors import ConfigError
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}
@@ -69,12 +69,12 @@ def sync(device) -> None:
 
 def trainer_setup(model_cfg: dict, batches: list, precision: str, classes: int, compiled: bool = False):
     """The trainer's own objects for one stage, as run.run_stage builds them."""
-    from trainer.loop import EpochContext
+    from trainer.train.loop import EpochContext
     from trainer.losses import build_loss
     from trainer.models import build_model
     from trainer.preflight import make_accelerator
-    from trainer.spec import OptimSpec
-    from trainer.stages import Schedule, build_optimizer, set_trainable
+    from trainer.spec.resolve import OptimSpec
+    from trainer.train.optim import Schedule, build_optimizer, set_trainable
 
     cfg = validate({"data": {"shards": "-"}, "model": model_cfg, "optim": {"precision": precision},
                     "stages": [{"name": "bench"}]})
@@ -99,7 +99,7 @@ def trainer_setup(model_cfg: dict, batches: list, precision: str, classes: int, 
 
 def compare(model_cfg: dict, *, batch: int, size: int, steps: int, repeats: int, precision: str,
             classes: int = 10, compiled: bool = False) -> dict:
-    from trainer.loop import train_epoch
+    from trainer.train.loop import train_epoch
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     batches = make_batches(steps, batch, size, classes, device)
@@ -193,7 +193,7 @@ def step_main(argv: list[str]) -> int:
 
 
 def e2e_main(argv: list[str]) -> int:
-    from trainer.bench_e2e import compare_e2e, format_e2e
+    from trainer.commands.bench_e2e import compare_e2e, format_e2e
 
     p = argparse.ArgumentParser(prog="python -m trainer bench [e2e]", description=(
         "The trainer end to end (data, evaluation, checkpoints included) against a plain loop on "

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from trainer.errors import ConfigError
-from trainer.spec import OptimSpec, StageSpec
+from trainer.spec.resolve import OptimSpec, StageSpec
 
 
 # ---------------------------------------------------------------- head

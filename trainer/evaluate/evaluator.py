@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer.metrics import evaluate
-from trainer.ood import ood_metrics
-from trainer.scoring import Scorer, score_views
+from trainer.evaluate.metrics import evaluate
+from trainer.evaluate.ood import ood_metrics
+from trainer.evaluate.scoring import Scorer, score_views
 from trainer.streams import Streams
 
 
@@ -62,7 +62,7 @@ class Evaluator:
                            mean_logits=rows[f"mean/{k}"][keep] if mean_logits else None) for k in clfs}
 
     def score(self, logits: np.ndarray, labels: np.ndarray) -> dict:
-        """The EVAL dict (trainer.metrics.evaluate) with the run's groups."""
+        """The EVAL dict (trainer.evaluate.metrics.evaluate) with the run's groups."""
         return evaluate(logits, labels, num_classes=self.num_classes, train_counts=self.train_counts,
                         groups=self.groups)
 

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from trainer.scoring import tta_logits
+from trainer.evaluate.scoring import tta_logits
 
 
 def parameter_count(model: nn.Module) -> int:

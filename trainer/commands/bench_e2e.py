@@ -23,12 +23,12 @@ import torch.nn.functional as F
 from datasets.resident import load_pixels
 from datasets.sampling import SamplingSpec, epoch_plan, rank_batches
 from datasets.stream_spec import StreamSpec, open_split
-from trainer.config import load_config
+from trainer.spec.config import load_config
 from trainer.models import build_model
 from trainer.preflight import open_shards
 from trainer.run import train
-from trainer.scoring import tta_logits
-from trainer.spec import RecipeSpec, resolve
+from trainer.evaluate.scoring import tta_logits
+from trainer.spec.resolve import RecipeSpec, resolve
 
 
 def bench_config(recipe: str, shards: str, overrides: list[str]) -> dict:

@@ -9,8 +9,8 @@ import torch
 
 from datasets.stream import ShardStream
 from datasets.stream_spec import StreamSpec
-from trainer import plots
-from trainer.checkpoint import load_weights
+from trainer.commands import plots
+from trainer.train.checkpoint import load_weights
 from trainer.errors import ConfigError
 
 LDA_MIN_SAMPLES_PER_DIM = 5

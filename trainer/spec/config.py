@@ -1,7 +1,7 @@
-"""Recipes: a YAML file plus dotted `key=value` overrides, checked against trainer.schema with
+"""Recipes: a YAML file plus dotted `key=value` overrides, checked against trainer.spec.schema with
 its defaults filled in. Every unknown or mistyped key is a ConfigError that names the key and
 lists the valid keys at that level, with the closest one suggested; a key that moved names
-its new spelling. The validated dict is what RUN/config.yaml holds; trainer.spec resolves it.
+its new spelling. The validated dict is what RUN/config.yaml holds; trainer.spec.resolve resolves it.
 """
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import yaml
 
 from shards.atomic import write_atomic
 from trainer.errors import ConfigError
-from trainer.schema import (CLASSIFIERS, DEFAULT_LOSS, LENGTHS, MOVED, OPEN, REQUIRED, RESUME_FREE,
+from trainer.spec.schema import (CLASSIFIERS, DEFAULT_LOSS, LENGTHS, MOVED, OPEN, REQUIRED, RESUME_FREE,
                             SCHEMA, STAGE, Field)
 
-RECIPES_DIR = Path(__file__).parent / "recipes"
+RECIPES_DIR = Path(__file__).parents[1] / "recipes"
 
 
 # ---------------------------------------------------------------- loading
@@ -205,7 +205,7 @@ def validate(raw: dict, source: str = "recipe") -> dict:
 
 
 def _check_semantics(cfg: dict) -> None:
-    """Checks that need more than one key; the ones that need the shards are in trainer.spec."""
+    """Checks that need more than one key; the ones that need the shards are in trainer.spec.resolve."""
     data = cfg["data"]
     for key in ("input_size", "tta"):
         if isinstance(data[key], str) and data[key] != "auto":

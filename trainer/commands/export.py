@@ -2,7 +2,7 @@
 
 Writes a model that needs nothing from this repository: it takes uint8 chips [B, C, S, S]
 (centre-cropped or edge-padded to the run's input size S, as `predict` does) and returns, per
-chip, the class id and a confidence score (`--score`, trainer/ood.py: higher = more likely a
+chip, the class id and a confidence score (`--score`, trainer/evaluate/ood.py: higher = more likely a
 known class). Normalisation, the chosen classifier (the model's head or a post-hoc one) and the
 run's TTA views are inside. `python -m trainer predict` computes the same classes and scores
 (the test suite checks both formats against it on the test split).
@@ -24,9 +24,9 @@ from datasets.stream_spec import Normalizer
 from shards.atomic import atomic_path, write_json
 from shards.errors import DataError
 from trainer.errors import ConfigError, TrainingError
-from trainer.ood import SCORES
-from trainer.predict import MODEL, load_scorer, run_normalizer
-from trainer.scoring import Scorer, tta_views
+from trainer.evaluate.ood import SCORES
+from trainer.commands.predict import MODEL, load_scorer, run_normalizer
+from trainer.evaluate.scoring import Scorer, tta_views
 
 SEED_REFERENCE = {"file_mb": 11.2, "latency_s": 0.0146}   # seed 000's Shake-Shake-26 2x32d, 2080 Ti
 
@@ -47,7 +47,7 @@ class Deployed(nn.Module):
         logits = torch.stack([self.classifier(self.model.features(v)).float() for v in tta_views(x, self.views)])
         if len(self.views) == 1:
             scores = logits[0]
-        else:   # the log of the mean softmax over the views, as trainer.scoring does
+        else:   # the log of the mean softmax over the views, as trainer.evaluate.scoring does
             scores = torch.logsumexp(F.log_softmax(logits, dim=2), dim=0) - math.log(len(self.views))
         mean = logits.mean(0)
         top = mean.max(dim=1).values

@@ -22,11 +22,11 @@ from datasets import ntire
 from shards.atomic import write_atomic
 from shards.errors import DataError
 from shards.index import ClassIndex
-from trainer import inference, plots
-from trainer.checkpoint import load_weights
-from trainer.embedding import section_features
+from trainer.commands import latency, plots
+from trainer.train.checkpoint import load_weights
+from trainer.commands.embedding import section_features
 from trainer.errors import ConfigError, TrainingError
-from trainer.report_ood import section_ood
+from trainer.commands.report_ood import section_ood
 from trainer.summary import headline
 
 GROUPS = ("head", "middle", "tail")
@@ -237,13 +237,13 @@ def section_inference(run: RunFolder, out: Path, device, large_batch: int, repea
     except Exception as e:  # noqa: BLE001
         return [f"_Skipped: could not load {last / 'model.pt'} ({e})._"]
     size = int(info["input_size"])
-    fig = inference.measure(model, size, device=device, large_batch=large_batch,
+    fig = latency.measure(model, size, device=device, large_batch=large_batch,
                             tta_views=report_tta_views(run.config), repeats=repeats)
     fig["model_file"] = str(last / "model.pt")
     fig["model_file_bytes"] = (last / "model.pt").stat().st_size
     write_atomic(out / "inference.json", json.dumps(fig, indent=2))
     return [f"Model after the last stage ({last.name}); `model.pt` on disk: "
-            f"{fig['model_file_bytes'] / 2**20:.2f} MiB.", "", inference.to_markdown(fig)]
+            f"{fig['model_file_bytes'] / 2**20:.2f} MiB.", "", latency.to_markdown(fig)]
 
 
 

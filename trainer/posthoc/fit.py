@@ -23,14 +23,14 @@ from torch import nn
 from datasets.sampling import SamplingSpec
 from datasets.stream_spec import StreamSpec
 from shards.atomic import atomic_path, write_json
-from trainer.classifiers import LWS, NCM, crt_head, search_tau, tau_normalized_head, train_head_on_features
+from trainer.posthoc.classifiers import LWS, NCM, crt_head, search_tau, tau_normalized_head, train_head_on_features
 from trainer.errors import TrainingError
-from trainer.evaluation import Evaluator
+from trainer.evaluate.evaluator import Evaluator
 from trainer.models.heads import Head
 from trainer.preflight import Setup
-from trainer.scoring import FullLogits
-from trainer.spec import HeadTrainingSpec, OptimSpec, StageSpec
-from trainer.stages import lr_at, set_lr
+from trainer.evaluate.scoring import FullLogits
+from trainer.spec.resolve import HeadTrainingSpec, OptimSpec, StageSpec
+from trainer.train.optim import lr_at, set_lr
 from trainer.streams import per_rank_batch
 
 FOLDER = "classifiers"

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.errors import ConfigError
-from trainer.metrics import evaluate
+from trainer.evaluate.metrics import evaluate
 from trainer.models.heads import Head
 
 

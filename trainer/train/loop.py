@@ -11,8 +11,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from trainer.errors import TrainingError
-from trainer.spec import OptimSpec
-from trainer.stages import Schedule, lr_at, set_lr, set_train_mode
+from trainer.spec.resolve import OptimSpec
+from trainer.train.optim import Schedule, lr_at, set_lr, set_train_mode
 
 
 @dataclass

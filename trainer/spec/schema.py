@@ -2,7 +2,7 @@
 
 A `Field` is a leaf, a dict is a section, `OPEN` marks a free-form dict handed to its consumer
 (the loss config, the evaluation groups), and `stages` is a list whose items follow `STAGE`.
-trainer.config validates recipes against it; trainer.spec resolves them.
+trainer.spec.config validates recipes against it; trainer.spec.resolve resolves them.
 """
 from __future__ import annotations
 

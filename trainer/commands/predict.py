@@ -11,15 +11,15 @@ import torch
 from datasets.folder import list_chips, load_chips
 from datasets.stream_spec import Normalizer
 from shards.atomic import write_atomic
-from trainer import checkpoint
-from trainer.config import load_run_config
+from trainer.train import checkpoint
+from trainer.spec.config import load_run_config
 from trainer.errors import ConfigError
-from trainer.evaluation import Evaluator
-from trainer.posthoc import load_classifier
+from trainer.evaluate.evaluator import Evaluator
+from trainer.posthoc.fit import load_classifier
 from trainer.preflight import prepare
 from trainer.run import make_evaluator, stage_dir
-from trainer.ood import SCORES, ood_score
-from trainer.scoring import Scorer, score_views
+from trainer.evaluate.ood import SCORES, ood_score
+from trainer.evaluate.scoring import Scorer, score_views
 from trainer.summary import print_table
 
 MODEL = "model"
@@ -76,7 +76,7 @@ def run_normalizer(info: dict) -> Normalizer:
 def predict(run_dir: str | Path, images: str | Path, out: str | Path, batch_size: int = 256,
             classifier: str = MODEL, score: str | None = None, eo_images: str | Path | None = None) -> int:
     """results.csv in the NTIRE format: image_id,class_id (image_id from SAR_<id>.png, or
-    EO_<id>.png for an EO-only model), plus a `score` column (trainer.ood: higher = more likely
+    EO_<id>.png for an EO-only model), plus a `score` column (trainer.evaluate.ood: higher = more likely
     a known class) when `score` is given. A SAR+EO model reads EO_<id>.png from `eo_images`
     (default: the same folder)."""
     if score is not None and score not in SCORES:

@@ -76,7 +76,7 @@ def score_views(model: nn.Module, classifiers: Sequence[nn.Module], x: torch.Ten
     """Scores of several classifiers on the same backbone features (one backbone pass per view):
     a classifier's logits for one view, else the log of its mean softmax over the views. With
     `mean_logits`, each entry is (scores, logits averaged over the views): the input of the
-    out-of-distribution scores (trainer.ood)."""
+    out-of-distribution scores (trainer.evaluate.ood)."""
     feats = [model.features(v) for v in tta_views(x, views)]
     out = []
     for clf in classifiers:

@@ -23,8 +23,8 @@ import numpy as np
 
 from shards.atomic import write_atomic
 from shards.errors import DataError
-from trainer import plots
-from trainer.config import config_differences, load_config, load_run_config, recipe_path
+from trainer.commands import plots
+from trainer.spec.config import config_differences, load_config, load_run_config, recipe_path
 from trainer.errors import ConfigError, TrainingError
 from trainer.summary import headline
 
