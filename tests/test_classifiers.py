@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.posthoc.classifiers import (LWS, NCM, _sample_probs, balanced_accuracy, crt_head, search_tau,
-                                 tau_normalize, tau_normalized_head, train_head_on_features)
+from trainer.posthoc.classifiers.lws import LWS
+from trainer.posthoc.classifiers.ncm import NCM
+from trainer.posthoc.classifiers.tau_norm import balanced_accuracy, search_tau, tau_normalize, tau_normalized_head
+from trainer.posthoc.head_training import _sample_probs, train_head_on_features
 from trainer.errors import ConfigError
 from trainer.models.heads import Head
 
@@ -163,12 +165,18 @@ def separable_features(seed: int = 0):
     return centres[labels] + 0.5 * torch.randn(len(labels), 4, generator=gen), labels
 
 
+def crt_head(feats: torch.Tensor, labels: torch.Tensor, seed: int) -> Head:
+    """cRT on cached features: a fresh head (seeded) trained class-balanced."""
+    torch.manual_seed(seed)
+    return train_head_on_features(Head(feats.shape[1], 3), feats, labels, epochs=5, lr=0.1, batch_size=32, seed=seed)
+
+
 def test_crt_on_separable_features_reaches_100_percent_and_is_seeded():
     feats, labels = separable_features()
-    head = crt_head(feats, labels, 3, epochs=5, lr=0.1, batch_size=32, seed=3)
+    head = crt_head(feats, labels, seed=3)
     assert head.classes == [0, 1, 2]
     assert (head(feats).argmax(1) == labels).all()
-    again = crt_head(feats, labels, 3, epochs=5, lr=0.1, batch_size=32, seed=3)
+    again = crt_head(feats, labels, seed=3)
     assert torch.equal(head.weight, again.weight)
 
 

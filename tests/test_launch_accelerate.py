@@ -14,6 +14,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "launch" / "accelerate"
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch"]
+HOOKED = str(REPO / "tests" / "hooked_trainer.py")   # the trainer with test hooks
 RECIPE = "trainer/recipes/joint_mini.yaml"
 EPOCHS = 2
 TINY = ["data.input_size=16", "model.width=4", f"stages.0.epochs={EPOCHS}", "data.batch_size=8",
@@ -49,10 +50,10 @@ def test_config_loads(name, kind, processes, machines):
 
 @pytest.mark.slow
 def test_two_cpu_processes_are_two_ranks(tiny_shards, tmp_path):
-    """The documented command; each rank logs the sample ids it trains on (run.debug_ids)."""
+    """The documented command (with test hooks); each rank logs the sample ids it trains on."""
     run = tmp_path / "run"
-    r = launch("cpu_2proc.yaml", ["-m", "trainer"], "--config", RECIPE, f"data.shards={tiny_shards}",
-               f"run.dir={run}", "run.debug_ids=true", *TINY)
+    r = launch("cpu_2proc.yaml", [HOOKED, "--debug-ids"], "--config", RECIPE, f"data.shards={tiny_shards}",
+               f"run.dir={run}", *TINY)
     assert "2 process(es)" in r.stdout and r.stdout.count("run ") >= 1  # the start banner, once
     assert (run / "metrics.json").is_file()
     files = sorted((run / "debug").glob("ids-rank*.jsonl"))
@@ -131,7 +132,7 @@ def test_ranks_end_with_identical_batchnorm_statistics(rank_weights):
 def test_gpu_1_config_runs_one_process(tiny_shards, tmp_path):
     """gpu_1.yaml on a machine without CUDA: one process, on the CPU."""
     run = tmp_path / "run"
-    launch("gpu_1.yaml", ["-m", "trainer"], "--config", RECIPE, f"data.shards={tiny_shards}", f"run.dir={run}",
-           "run.debug_ids=true", *TINY, "stages.0.epochs=1")
+    launch("gpu_1.yaml", [HOOKED, "--debug-ids"], "--config", RECIPE, f"data.shards={tiny_shards}",
+           f"run.dir={run}", *TINY, "stages.0.epochs=1")
     assert (run / "metrics.json").is_file()
     assert [f.name for f in (run / "debug").glob("ids-rank*.jsonl")] == ["ids-rank0.jsonl"]

@@ -21,8 +21,8 @@ def test_two_cpu_ranks(tmp_path):
     run = tmp_path / "run"
     cmd = [PYTHON, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", "29531", "-m", "trainer", "--config", "three_stage_mini",
-           f"data.shards={shards}", f"run.dir={run}", *TINY, "run.debug_ids=true",
+           "--main_process_port", "29531", str(REPO / "tests" / "hooked_trainer.py"), "--debug-ids",
+           "--config", "three_stage_mini", f"data.shards={shards}", f"run.dir={run}", *TINY,
            "stages.0.epochs=2", "stages.1.epochs=1", "stages.2.epochs=1", "stages.3.epochs=1",
            "stages.1.sampler.classes=[1,2,3]", "stages.2.sampler.per_class=8", "stages.3.sampler.per_class=8"]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}

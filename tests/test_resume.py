@@ -48,8 +48,11 @@ def setup(tmp_path_factory):
     return recipe, reference
 
 
-def command(recipe: Path, run: Path) -> list[str]:
-    return [PYTHON, "-m", "trainer", "--config", str(recipe), f"run.dir={run}", *TINY]
+def command(recipe: Path, run: Path, fail_at_step: int | None = None) -> list[str]:
+    if fail_at_step is None:
+        return [PYTHON, "-m", "trainer", "--config", str(recipe), f"run.dir={run}", *TINY]
+    return [PYTHON, str(REPO / "tests" / "hooked_trainer.py"), "--fail-at-step", str(fail_at_step),
+            "--config", str(recipe), f"run.dir={run}", *TINY]
 
 
 def launch(recipe: Path, run: Path, env: dict | None = None) -> subprocess.Popen:
@@ -130,7 +133,7 @@ def test_crash_at_step_then_resume(setup, tmp_path):
     recipe, reference = setup
     run = tmp_path / "run"
     # 7 steps in stage 0, 3 per epoch in stage 1: step 12 is in stage 1, epoch 1.
-    r = subprocess.run(command(recipe, run) + ["run.fail_at_step=12"], cwd=REPO, capture_output=True,
+    r = subprocess.run(command(recipe, run, fail_at_step=12), cwd=REPO, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode != 0 and "injected failure at global step 12" in r.stderr
     assert (progress(run)["stage"], progress(run)["epoch"]) == (1, 1)
@@ -141,7 +144,7 @@ def test_crash_at_step_then_resume(setup, tmp_path):
 def test_resume_refuses_other_model_checkpoint(setup, tmp_path):
     recipe, reference = setup
     run = tmp_path / "run"
-    r = subprocess.run(command(recipe, run) + ["run.fail_at_step=9"], cwd=REPO, capture_output=True,
+    r = subprocess.run(command(recipe, run, fail_at_step=9), cwd=REPO, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode != 0
     cfg = yaml.safe_load((run / "config.yaml").read_text())

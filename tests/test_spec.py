@@ -95,10 +95,11 @@ def test_expand_rows_restore_only_with_expand():
 
 def test_posthoc_budgets_default_to_the_reference_epochs():
     spec = resolve(recipe({"name": "a"}), fake_index(COUNTS))
-    assert spec.head_training["crt"].epochs == 10 and spec.head_training["lws"].epochs == 5
+    assert spec.posthoc["crt"].epochs == 10 and spec.posthoc["lws"].epochs == 5
     spec = resolve(recipe({"name": "a"}, posthoc={"crt": {"steps": 30, "batch_size": 64}}), fake_index(COUNTS))
-    assert spec.head_training["crt"].epochs == 4   # 385 / 64 → 7 steps per epoch, 30 / 7 ≈ 4
-    assert spec.taus[0] == 0.0 and spec.taus[-1] == 2.0 and len(spec.taus) == 21
+    assert spec.posthoc["crt"].epochs == 4   # 385 / 64 → 7 steps per epoch, 30 / 7 ≈ 4
+    taus = spec.posthoc["tau_norm"]
+    assert taus[0] == 0.0 and taus[-1] == 2.0 and len(taus) == 21
 
 
 def test_auto_flips_and_views_follow_the_radar(monkeypatch):

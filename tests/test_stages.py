@@ -14,7 +14,9 @@ from trainer.spec.config import validate
 from trainer.errors import ConfigError
 from trainer.models import build_model
 from trainer.spec.resolve import OptimSpec, resolve
-from trainer.train.optim import Schedule, apply_head, build_optimizer, lr_at, set_train_mode, set_trainable
+from trainer.spec.schedule import Schedule
+from trainer.train.optim import build_optimizer
+from trainer.train.transition import apply_head, set_train_mode, set_trainable
 from trainer.streams import per_rank_batch
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -118,20 +120,22 @@ def test_subset_to_full_logits():
 
 
 def test_lr_schedule():
-    opt = replace(OPT, min_lr=0.001)
-    total, warm = 100, 10
-    lrs = [lr_at(s, total, warm, opt) for s in range(total)]
+    sched = Schedule(micro_per_epoch=10, epochs=10, lr_max=0.1, warmup_epochs=1.0, lr_min=0.001)
+    total, warm = sched.total_steps, sched.warmup_steps
+    assert (total, warm) == (100, 10)
+    lrs = [sched.lr(s) for s in range(total)]
     assert lrs[0] == pytest.approx(0.01) and lrs[9] == pytest.approx(0.1)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
-    assert lr_at(total, total, warm, opt) == pytest.approx(0.001)
-    mid = lr_at(warm + (total - warm) // 2, total, warm, opt)
+    assert sched.lr(total) == pytest.approx(0.001)
+    mid = sched.lr(warm + (total - warm) // 2)
     assert mid == pytest.approx(0.001 + 0.099 * 0.5 * (1 + math.cos(math.pi * 0.5)))
-    assert lr_at(50, total, 0, replace(opt, schedule="constant")) == 0.1
+    assert replace(sched, kind="constant", warmup_epochs=0.0).lr(50) == 0.1
 
 
 def test_schedule_counts_accumulation():
-    s = Schedule(micro_per_epoch=10, grad_accum=3, epochs=2, warmup_epochs=0.5)
+    s = Schedule(micro_per_epoch=10, epochs=2, lr_max=0.1, grad_accum=3, warmup_epochs=0.5)
     assert s.steps_per_epoch == 4 and s.total_steps == 8 and s.warmup_steps == 2
+    assert s.with_batches(4).steps_per_epoch == 2
 
 
 def test_per_rank_batch():

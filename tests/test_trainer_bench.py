@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
-
 import pytest
 import torch
 
 from trainer.__main__ import main
-from trainer.commands.bench import MemoryStream, bare_epoch, make_batches, trainer_setup
+from trainer.commands.bench import bare_epoch, make_batches, trainer_setup
 
 SMALL = ["--model", "resnet_cifar", "--depth", "8", "--width", "8", "--size", "16", "--batch", "8",
          "--steps", "2", "--repeats", "1"]
@@ -36,19 +34,12 @@ def test_bench_bad_arguments(capsys):
 def test_trainer_step_equals_bare_step():
     """Same start, same batches: the trainer's epoch and the bare loop end with the same weights
     (so the benchmark compares equal work)."""
-    from trainer.train.loop import train_epoch
-
     batches = make_batches(3, 8, 16, 10, torch.device("cpu"))
     cfg = {"name": "resnet_cifar", "depth": 8, "width": 8}
-    _, ctx, bare, bare_opt = trainer_setup(cfg, batches, "no", 10)
-    ctx.opt = replace(ctx.opt, warmup_epochs=0.0, schedule="constant")  # the bare loop has a fixed LR
-    train_epoch(ctx, 0)
+    # the bare loop has a fixed LR
+    acc, run_epoch, model, bare, bare_opt = trainer_setup(cfg, batches, "no", 10, lr_schedule="constant")
+    run_epoch(0)
     bare_epoch(bare, bare_opt, batches)
-    a, b = ctx.accelerator.unwrap_model(ctx.model).state_dict(), bare.state_dict()
+    a, b = acc.unwrap_model(model).state_dict(), bare.state_dict()
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
 
-
-def test_memory_stream_resume_position():
-    s = MemoryStream([1, 2, 3])
-    s.set_epoch(0, 2)
-    assert list(s) == [3] and len(s) == 3

@@ -170,7 +170,8 @@ def test_dali_loader_trains_and_resumes_like_an_uninterrupted_run(shards, tmp_pa
     r = subprocess.run(command(ref), cwd=repo, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert yaml_load(ref / "config.yaml")["data"]["loader"] == "dali"
-    r = subprocess.run(command(crashed) + ["run.fail_at_step=5"], cwd=repo, capture_output=True, text=True,
+    hooked = [sys.executable, str(repo / "tests" / "hooked_trainer.py"), "--fail-at-step", "5"]
+    r = subprocess.run(hooked + command(crashed)[3:], cwd=repo, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode != 0 and "injected failure at global step 5" in r.stderr
     r = subprocess.run([sys.executable, "-m", "trainer", "resume", str(crashed)], cwd=repo, capture_output=True,

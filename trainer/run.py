@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +26,14 @@ from trainer.spec.config import load_run_config, save_config
 from trainer.errors import TrainingError
 from trainer.evaluate.evaluator import Evaluator
 from trainer.train.history import History
-from trainer.train.loop import EpochContext, train_epoch
+from trainer.train.loop import Hooks, train_epoch
 from trainer.losses import build_loss
 from trainer.models import build_model
 from trainer.train.preemption import install, stop_requested
 from trainer.preflight import Setup, prepare
 from trainer.spec.resolve import StageSpec
-from trainer.train.optim import Schedule, apply_head, build_optimizer, set_trainable
+from trainer.train.optim import build_optimizer
+from trainer.train.transition import apply_head, set_train_mode, set_trainable
 from trainer.summary import banner, print_table
 
 
@@ -44,6 +45,7 @@ class Run:
     evaluator: Evaluator
     results: list = field(default_factory=list)   # [{"name", "val"}] per finished stage
     fitted: dict = field(default_factory=dict)    # post-hoc classifiers of the last stage
+    hooks: Hooks = field(default_factory=Hooks)   # test callbacks (tests/hooked_trainer.py)
     global_step: int = 0
     started: float = 0.0                          # time.time() when this process began the run
 
@@ -91,8 +93,9 @@ def new_model(setup: Setup) -> torch.nn.Module:
 
 
 # ---------------------------------------------------------------- entry points
-def train(cfg: dict) -> int:
-    """Train (or continue) the run described by `cfg`. Returns a process exit code."""
+def train(cfg: dict, hooks: Hooks | None = None) -> int:
+    """Train (or continue) the run described by `cfg`. Returns a process exit code. `hooks`:
+    callbacks for tests (sample ids, injected failures, per-rank weights); the run adds its own."""
     setup = prepare(cfg)
     run_dir, acc = setup.run_dir, setup.accelerator
     if acc.is_main_process:
@@ -111,6 +114,7 @@ def train(cfg: dict) -> int:
     keep = progress["history_lines"] if progress else None
     history = History(run_dir / "history.jsonl", keep, acc.is_main_process)
     run = Run(setup, new_model(setup), history, make_evaluator(setup), started=time.time())
+    run.hooks = replace(hooks or Hooks(), log=run.log, should_stop=lambda: stop_requested(acc))
     install()  # SIGTERM/SIGUSR2 set a flag; the loop checkpoints and exits 0 at the next step
     acc.init_trackers("tb", config=_flat_hparams(cfg))
     try:
@@ -125,7 +129,6 @@ def train(cfg: dict) -> int:
 def resume(run_dir: Path) -> int:
     cfg = load_run_config(Path(run_dir))
     cfg["run"]["dir"] = str(run_dir)
-    cfg["run"]["fail_at_step"] = None  # an injected test failure is one-shot
     if checkpoint.read_progress(Path(run_dir)) is None and not (Path(run_dir) / "metrics.json").is_file():
         print(f"{run_dir}: no checkpoint yet, starting from the beginning", file=sys.stderr)
     return train(cfg)
@@ -160,7 +163,10 @@ def run_stage(run: Run, stage: StageSpec, progress: dict | None) -> bool:
     model, optimizer = acc.prepare(run.model, build_optimizer(params, stage.optim, run.setup.speed.sgd))
     if run.setup.speed.compile:   # after DDP wrapping; evaluation uses the plain module
         model = torch.compile(model)
-    ctx = _epoch_context(run, stage, model, optimizer)
+    stream = run.setup.streams.train(stage, seed=run.cfg["seed"] * 1000 + stage.index)
+    stream.set_epoch(0)
+    schedule = stage.schedule.with_batches(len(stream))
+    loss_fn = _loss(run, stage)
     signature = checkpoint.model_signature(run.model, run.setup.recipe.model, run.model.classifier.classes)
     epoch, batch, best = 0, 0, progress.get("best") if progress else None
     if progress:
@@ -172,53 +178,47 @@ def run_stage(run: Run, stage: StageSpec, progress: dict | None) -> bool:
     def save(epoch: int, batch: int) -> None:
         checkpoint.save(acc, run.setup.run_dir, {
             "stage": i, "stage_name": stage.name, "epoch": epoch, "batch": batch,
-            "global_step": ctx.global_step, "best": best, "history_lines": run.history.lines,
+            "global_step": run.global_step, "best": best, "history_lines": run.history.lines,
             "model_signature": signature}, run.model)
 
     while epoch < stage.epochs:
-        if hasattr(ctx.loss_fn, "set_epoch"):
-            ctx.loss_fn.set_epoch(epoch)
-        batch, stopped = train_epoch(ctx, epoch, batch)
-        run.global_step = ctx.global_step
-        if stopped:
+        if hasattr(loss_fn, "set_epoch"):
+            loss_fn.set_epoch(epoch)
+        set_train_mode(run.model, stage.train)
+        stream.set_epoch(epoch, batch)
+        done = train_epoch(acc, model, optimizer, loss_fn, run.setup.streams.iterate(stream), n_micro=len(stream),
+                           epoch=epoch, start_batch=batch, schedule=schedule, global_step=run.global_step,
+                           to_full=lambda z: run.model.classifier.to_full_logits(z, run.num_classes),
+                           label=(i, stage.name), log_every=run.cfg["run"]["log_every"],
+                           progress_bar=run.cfg["run"]["progress_bar"], hooks=run.hooks)
+        batch, run.global_step = done.batch, done.global_step
+        if done.stopped:
             save(epoch, batch)
             if acc.is_main_process:
                 print(f"stopped on request in stage {stage.name} epoch {epoch} batch {batch}; checkpoint "
                       f"saved, continue with: python -m trainer resume {run.setup.run_dir}", file=sys.stderr)
             return True
         average_batchnorm_stats(run.model, acc)
-        best = _validate(run, stage, model, epoch, ctx, best)
+        best = _validate(run, stage, model, epoch, schedule, best)
         epoch, batch = epoch + 1, 0
         save(epoch, 0)
     finish_stage(run, stage, model)
     return False
 
 
-def _epoch_context(run: Run, stage: StageSpec, model, optimizer) -> EpochContext:
-    cfg, acc = run.cfg, run.accelerator
-    stream = run.setup.streams.train(stage, seed=cfg["seed"] * 1000 + stage.index)
-    stream.set_epoch(0)
-    # Under DDP a loss normalised by its weight sum divides by the mean over ranks of that sum, so
-    # the rank-averaged gradient is the one of the whole global batch (whatever the world size).
+def _loss(run: Run, stage: StageSpec) -> torch.nn.Module:
+    """The stage's loss. Under DDP a loss normalised by its weight sum divides by the mean over
+    ranks of that sum, so the rank-averaged gradient is the one of the whole global batch."""
+    acc = run.accelerator
     reduce_sum = (lambda t: acc.reduce(t, reduction="mean")) if acc.num_processes > 1 else None
-    loss = build_loss(stage.loss, np.asarray(stage.loss_counts), reduce_sum=reduce_sum).to(acc.device)
-    return EpochContext(
-        accelerator=acc, model=model, optimizer=optimizer, loss_fn=loss, stream=stream,
-        iterate=run.setup.streams.iterate,
-        schedule=Schedule(len(stream), stage.optim.grad_accum, stage.epochs, stage.optim.warmup_epochs),
-        opt=stage.optim, part=stage.train,
-        to_full=lambda z: run.model.classifier.to_full_logits(z, run.num_classes),
-        stage_index=stage.index, stage_name=stage.name, log_every=cfg["run"]["log_every"],
-        on_log=run.log, should_stop=lambda: stop_requested(acc), on_ids=_ids_logger(run, stage.index),
-        fail_at_step=cfg["run"]["fail_at_step"], progress_bar=cfg["run"]["progress_bar"],
-        global_step=run.global_step)
+    return build_loss(stage.loss, np.asarray(stage.loss_counts), reduce_sum=reduce_sum).to(acc.device)
 
 
-def _validate(run: Run, stage: StageSpec, model, epoch: int, ctx: EpochContext, best: float | None) -> float | None:
+def _validate(run: Run, stage: StageSpec, model, epoch: int, schedule, best: float | None) -> float | None:
     """Validation after an epoch: logged, and kept as the stage's best weights when select: best."""
     val = run.evaluator.evaluate(model, "val")
     run.log({"stage": stage.index, "stage_name": stage.name, "epoch": epoch,
-             "step": ctx.schedule.steps_per_epoch * (epoch + 1), "global_step": ctx.global_step,
+             "step": schedule.steps_per_epoch * (epoch + 1), "global_step": run.global_step,
              "kind": "val", "top1": val["top1"], "balanced_acc": val["balanced_acc"]})
     score = val[run.cfg["eval"]["select_metric"]]
     if stage.select == "best" and (best is None or score > best):
@@ -266,8 +266,8 @@ def finish_stage(run: Run, stage: StageSpec, model) -> None:
         acc.wait_for_everyone()
         state = torch.load(run.stage_dir(i) / "best.pt", map_location=acc.device, weights_only=True)
         run.model.load_state_dict(state)
-    if run.cfg["run"]["debug_ids"]:  # tests compare the ranks' weights
-        checkpoint.save_weights(run.model, run.setup.run_dir / "debug" / f"model-stage{i}-rank{acc.process_index}.pt")
+    if run.hooks.on_stage_end is not None:
+        run.hooks.on_stage_end(run.model, i)
     val = run.evaluator.evaluate(model, "val")
     run.fitted = {}
     if stage.classifiers:
@@ -309,19 +309,6 @@ def finish(run: Run) -> None:
 
 
 # ---------------------------------------------------------------- helpers
-def _ids_logger(run: Run, i: int):
-    """Debug/test mode: every rank appends the ids it trains on to RUN/debug/ids-rank<r>.jsonl."""
-    if not run.cfg["run"]["debug_ids"]:
-        return None
-    path = run.setup.run_dir / "debug" / f"ids-rank{run.accelerator.process_index}.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    def log(epoch: int, ids: np.ndarray) -> None:
-        with open(path, "a") as f:
-            f.write(json.dumps({"stage": i, "epoch": epoch, "ids": ids.tolist()}) + "\n")
-    return log
-
-
 def head_info(run: Run) -> dict:
     """RUN/stages/<i>-<name>/head.json: what `predict` needs besides the weights."""
     train = run.setup.index.split("train")

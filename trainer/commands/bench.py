@@ -26,21 +26,6 @@ from trainer.errors import ConfigError
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}
 
 
-class MemoryStream:
-    """The ShardStream interface over fixed batches (set_epoch, len, iteration)."""
-
-    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
-        self.batches, self.start = batches, 0
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.start = start_batch
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __iter__(self):
-        return iter(self.batches[self.start:])
-
 
 def make_batches(n: int, batch: int, size: int, classes: int, device, seed: int = 0) -> list:
     g = torch.Generator().manual_seed(seed)
@@ -67,16 +52,21 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def trainer_setup(model_cfg: dict, batches: list, precision: str, classes: int, compiled: bool = False):
+def trainer_setup(model_cfg: dict, batches: list, precision: str, classes: int, compiled: bool = False,
+                  lr_schedule: str = "cosine"):
     """The trainer's own objects for one stage, as run.run_stage builds them."""
-    from trainer.train.loop import EpochContext
+    from functools import partial
+
     from trainer.losses import build_loss
+    from trainer.spec.schedule import Schedule
+    from trainer.train.loop import train_epoch
     from trainer.models import build_model
     from trainer.preflight import make_accelerator
     from trainer.spec.resolve import OptimSpec
-    from trainer.train.optim import Schedule, build_optimizer, set_trainable
+    from trainer.train.optim import build_optimizer
+    from trainer.train.transition import set_trainable
 
-    cfg = validate({"data": {"shards": "-"}, "model": model_cfg, "optim": {"precision": precision},
+    cfg = validate({"data": {"shards": "-"}, "model": model_cfg, "optim": {"precision": precision, "schedule": lr_schedule},
                     "stages": [{"name": "bench"}]})
     acc = make_accelerator(cfg, run_dir=".", trackers=False)
     torch.manual_seed(0)
@@ -88,25 +78,24 @@ def trainer_setup(model_cfg: dict, batches: list, precision: str, classes: int, 
     if compiled:
         model, bare = torch.compile(model), torch.compile(bare)
     loss = build_loss({"name": "ce"}, [1] * classes).to(acc.device)
-    ctx = EpochContext(accelerator=acc, model=model, optimizer=optimizer, loss_fn=loss,
-                       stream=MemoryStream(batches), iterate=iter, schedule=Schedule(len(batches), 1, 1000, 0.0),
-                       opt=opt_cfg, part="all", to_full=lambda z: raw.classifier.to_full_logits(z, classes),
-                       stage_index=0, stage_name="bench", log_every=50,
-                       on_log=lambda r: None, progress_bar=False)
+    # One call trains one epoch over the batches, exactly as run.run_stage calls the loop.
+    epoch = partial(train_epoch, acc, model, optimizer, loss, n_micro=len(batches), global_step=0,
+                    schedule=Schedule(len(batches), 1000, opt_cfg.lr, 1, 0.0, opt_cfg.schedule, opt_cfg.min_lr),
+                    to_full=lambda z: raw.classifier.to_full_logits(z, classes), label=(0, "bench"),
+                    progress_bar=False)
+    run_epoch = lambda e: epoch(iter(batches), epoch=e)  # noqa: E731
     bare_opt = build_optimizer([p for p in bare.parameters()], opt_cfg)
-    return acc, ctx, bare, bare_opt
+    return acc, run_epoch, model, bare, bare_opt
 
 
 def compare(model_cfg: dict, *, batch: int, size: int, steps: int, repeats: int, precision: str,
             classes: int = 10, compiled: bool = False) -> dict:
-    from trainer.train.loop import train_epoch
-
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     batches = make_batches(steps, batch, size, classes, device)
-    acc, ctx, bare, bare_opt = trainer_setup(model_cfg, batches, precision, classes, compiled)
+    acc, run_epoch, _, bare, bare_opt = trainer_setup(model_cfg, batches, precision, classes, compiled)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(acc.mixed_precision)
     # Warm up both (allocator, cuDNN autotuning, first-call costs).
-    train_epoch(ctx, 0)
+    run_epoch(0)
     bare_epoch(bare, bare_opt, batches[:3], dtype)
     times = {"trainer": [], "bare": []}
     for r in range(repeats):
@@ -114,7 +103,7 @@ def compare(model_cfg: dict, *, batch: int, size: int, steps: int, repeats: int,
             sync(device)
             t = time.perf_counter()
             if name == "trainer":
-                train_epoch(ctx, r + 1)
+                run_epoch(r + 1)
             else:
                 bare_epoch(bare, bare_opt, batches, dtype)
             sync(device)

@@ -10,14 +10,12 @@ run's TTA views are inside. `python -m trainer predict` computes the same classe
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from datasets.stream_spec import Normalizer
@@ -26,7 +24,7 @@ from shards.errors import DataError
 from trainer.errors import ConfigError, TrainingError
 from trainer.evaluate.ood import SCORES
 from trainer.commands.predict import MODEL, load_scorer, run_normalizer
-from trainer.evaluate.scoring import Scorer, tta_views
+from trainer.evaluate.scoring import Scorer, mean_softmax_log, tta_views
 
 SEED_REFERENCE = {"file_mb": 11.2, "latency_s": 0.0146}   # seed 000's Shake-Shake-26 2x32d, 2080 Ti
 
@@ -48,7 +46,7 @@ class Deployed(nn.Module):
         if len(self.views) == 1:
             scores = logits[0]
         else:   # the log of the mean softmax over the views, as trainer.evaluate.scoring does
-            scores = torch.logsumexp(F.log_softmax(logits, dim=2), dim=0) - math.log(len(self.views))
+            scores = mean_softmax_log(logits)
         mean = logits.mean(0)
         top = mean.max(dim=1).values
         if self.score == "max_logit":

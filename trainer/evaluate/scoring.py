@@ -6,9 +6,7 @@ predict get -inf). The model's own head is wrapped by `FullLogits`; the post-hoc
 and export all score through `Scorer` / `score_views`, so a number in metrics.json and a
 results.csv come from the same computation.
 
-TTA views are named. `tta: auto` in a recipe means the identity plus the mirror images that
-keep the radar's look direction (datasets.geometry); an integer n means the first n of
-DIHEDRAL (n = 3 is the seed's identity/hflip/vflip).
+TTA views are named (trainer.spec.views); their functions are here.
 """
 from __future__ import annotations
 
@@ -19,10 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.errors import ConfigError
-from trainer.models.heads import Head
+from trainer.models.heads import FullLogits
+from trainer.spec.views import view_names
 
-DIHEDRAL = ("identity", "hflip", "vflip", "rot180", "transpose", "rot90", "rot270", "anti_transpose")
 _VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "identity": lambda x: x,
     "hflip": lambda x: x.flip(-1),
@@ -35,30 +32,6 @@ _VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
-class FullLogits(nn.Module):
-    """A `Head` (over a subset of classes, maybe) as a classifier over all `num_classes`."""
-
-    def __init__(self, head: Head, num_classes: int) -> None:
-        super().__init__()
-        self.head, self.num_classes = head, num_classes
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head.to_full_logits(self.head(features).float(), self.num_classes)
-
-
-def view_names(tta: int | Sequence[str]) -> tuple[str, ...]:
-    """An int n -> the first n dihedral views; names are checked."""
-    if isinstance(tta, int):
-        if not 1 <= tta <= len(DIHEDRAL):
-            raise ConfigError(f"tta: number of views must be 1..{len(DIHEDRAL)}, got {tta}")
-        return DIHEDRAL[:tta]
-    names = tuple(tta)
-    bad = [v for v in names if v not in _VIEWS]
-    if bad or not names:
-        raise ConfigError(f"tta: unknown views {bad or names}; valid: {', '.join(DIHEDRAL)}")
-    return names
-
-
 def tta_views(x: torch.Tensor, tta: int | Sequence[str]) -> list[torch.Tensor]:
     return [_VIEWS[v](x) for v in view_names(tta)]
 
@@ -66,9 +39,13 @@ def tta_views(x: torch.Tensor, tta: int | Sequence[str]) -> list[torch.Tensor]:
 @torch.no_grad()
 def tta_logits(score, x: torch.Tensor, tta: int | Sequence[str]) -> torch.Tensor:
     """log of the mean softmax probability of `score(view)` over the views (one view: log-softmax)."""
-    views = tta_views(x, tta)
-    logp = torch.stack([F.log_softmax(score(v).float(), dim=1) for v in views])
-    return torch.logsumexp(logp, dim=0) - math.log(len(views))
+    return mean_softmax_log(torch.stack([score(v).float() for v in tta_views(x, tta)]))
+
+
+def mean_softmax_log(logits: torch.Tensor) -> torch.Tensor:
+    """[V, B, C] logits of V views -> [B, C]: the log of the mean softmax over the views (the
+    one TTA combine: evaluation, predict, export and latency all use it)."""
+    return torch.logsumexp(F.log_softmax(logits, dim=-1), dim=0) - math.log(logits.shape[0])
 
 
 def score_views(model: nn.Module, classifiers: Sequence[nn.Module], x: torch.Tensor,
@@ -81,11 +58,7 @@ def score_views(model: nn.Module, classifiers: Sequence[nn.Module], x: torch.Ten
     out = []
     for clf in classifiers:
         logits = [clf(f).float() for f in feats]
-        if len(logits) == 1:
-            scores = logits[0]
-        else:
-            logp = torch.stack([F.log_softmax(z, dim=1) for z in logits])
-            scores = torch.logsumexp(logp, dim=0) - math.log(len(logits))
+        scores = logits[0] if len(logits) == 1 else mean_softmax_log(torch.stack(logits))
         out.append((scores, torch.stack(logits).mean(0)) if mean_logits else scores)
     return out
 

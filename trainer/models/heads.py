@@ -128,3 +128,13 @@ def _check_classes(ids: list[int]) -> None:
         raise ConfigError("head: the class list is empty")
     if len(set(ids)) != len(ids) or min(ids) < 0:
         raise ConfigError(f"head: class ids must be distinct and non-negative, got {ids}")
+
+class FullLogits(nn.Module):
+    """A `Head` (over a subset of classes, maybe) as a classifier over all `num_classes`."""
+
+    def __init__(self, head: Head, num_classes: int) -> None:
+        super().__init__()
+        self.head, self.num_classes = head, num_classes
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head.to_full_logits(self.head(features).float(), self.num_classes)

@@ -14,7 +14,8 @@ import yaml
 
 from shards.atomic import write_atomic
 from trainer.errors import ConfigError
-from trainer.spec.schema import (CLASSIFIERS, DEFAULT_LOSS, LENGTHS, MOVED, OPEN, REQUIRED, RESUME_FREE,
+from trainer.spec.schedule import LENGTHS
+from trainer.spec.schema import (CLASSIFIERS, DEFAULT_LOSS, MOVED, OPEN, REQUIRED, RESUME_FREE,
                             SCHEMA, STAGE, Field)
 
 RECIPES_DIR = Path(__file__).parents[1] / "recipes"

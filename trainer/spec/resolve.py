@@ -9,8 +9,7 @@ reads the raw recipe dict for these keys again.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -20,14 +19,14 @@ from datasets.sampling import SamplingSpec
 from datasets.stream_spec import StreamSpec, open_split
 from shards.errors import DataError
 from shards.index import ClassIndex
-from trainer.spec.schema import LENGTHS
+from trainer.posthoc.registry import table
+from trainer.spec.schedule import Schedule, epochs_for, micro_batches
 from trainer.errors import ConfigError
 from trainer.losses import build_loss
-from trainer.evaluate.scoring import view_names
+from trainer.spec.views import view_names
 
 REBALANCING_KINDS = ("class", "sqrt", "progressive")
 REBALANCING_LOSSES = ("cb", "balanced_softmax")
-POSTHOC_EPOCHS = {"crt": 10, "lws": 5}   # classifier-balancing's defaults, when no length is given
 
 
 @dataclass(frozen=True)
@@ -47,9 +46,8 @@ class OptimSpec:
 class StageSpec:
     index: int
     name: str
-    epochs: int                        # resolved from epochs | steps | samples
     length: str                        # as the recipe gave it, e.g. "600 steps"
-    steps_per_epoch: int               # optimizer steps (whole run, all ranks together)
+    schedule: Schedule                 # epochs (resolved from epochs | steps | samples), steps, lr(step)
     sampling: SamplingSpec
     augment: AugmentSpec
     train: str                         # all | classifier | last_block
@@ -63,19 +61,17 @@ class StageSpec:
     select: str                        # last | best
 
     @property
+    def epochs(self) -> int:
+        return self.schedule.epochs
+
+    @property
+    def steps_per_epoch(self) -> int:   # optimizer steps (whole run, all ranks together)
+        return self.schedule.steps_per_epoch
+
+    @property
     def total_steps(self) -> int:
-        return self.epochs * self.steps_per_epoch
+        return self.schedule.total_steps
 
-
-@dataclass(frozen=True)
-class HeadTrainingSpec:
-    """cRT / LWS: a classifier trained on the frozen representation, class-balanced."""
-    features: str                      # stream (augmented, through the backbone) | cached
-    epochs: int                        # class-balanced epochs of the train split's size
-    batch_size: int
-    lr: float
-    momentum: float
-    weight_decay: float
 
 
 @dataclass(frozen=True)
@@ -84,9 +80,7 @@ class RecipeSpec:
     input_size: int
     model: dict                        # model section with `head` resolved (linear | cosine)
     stages: tuple[StageSpec, ...]
-    head_training: dict[str, HeadTrainingSpec]   # crt, lws
-    ncm_metric: str
-    taus: tuple[float, ...]
+    posthoc: dict                      # classifier name -> its settings (trainer.posthoc.registry)
     tta_views: tuple[str, ...]         # evaluation views (trainer.evaluate.scoring)
     range_axis: str                    # horizontal | vertical | unknown | unchecked (datasets.geometry)
     notes: tuple[str, ...]             # warnings worth printing at the start (double correction)
@@ -106,24 +100,22 @@ def resolve(cfg: dict, index: ClassIndex) -> RecipeSpec:
     model = {**cfg["model"], **_channels(index)}
     if model["head"] == "auto":
         model["head"] = "cosine" if any(s.loss.get("name") == "ldam" for s in stages) else "linear"
+    kinds = table()
     for s in stages:
-        scaled = sorted({"tau_norm", "lws"} & set(s.classifiers))
+        scaled = sorted(c for c in s.classifiers if kinds[c].linear_head_only)
         if scaled and model["head"] == "cosine":
             raise ConfigError(f"stages.{s.index}.classifiers: {', '.join(scaled)} rescale the rows of a "
                               "linear head; the model's head is cosine (model.head, or auto with an "
                               "ldam loss), whose rows are unit vectors")
-    post = cfg["posthoc"]
     tta = cfg["data"]["tta"]
     views = ("identity", *[v for v, on in zip(("hflip", "vflip"), safe_flips(axis)) if on]) if tta == "auto" \
         else view_names(tta)
     return RecipeSpec(
         num_classes=n, input_size=size, model=model,
         stages=tuple(stages),
-        head_training={k: _head_training(k, post[k], counts, cfg["data"]["batch_size"]) for k in ("crt", "lws")},
-        ncm_metric=post["ncm"]["metric"], tta_views=views, range_axis=axis,
-        taus=tuple(float(t) for t in np.round(np.arange(0.0, post["tau_norm"]["max"] + 1e-9,
-                                                         post["tau_norm"]["step"]), 6)),
-        notes=tuple(notes))
+        posthoc={name: _make(f"posthoc.{name}", lambda o, k=kind: k.settings(o, counts), cfg["posthoc"][name])
+                 for name, kind in kinds.items()},
+        tta_views=views, range_axis=axis, notes=tuple(notes))
 
 
 def _channels(index: ClassIndex) -> dict:
@@ -193,11 +185,12 @@ def _stage(cfg: dict, i: int, st: dict, head: list[int], counts: np.ndarray) -> 
         build_loss(st["loss"], np.asarray(loss_counts))
     except (ValueError, TypeError, KeyError, ConfigError) as e:
         raise ConfigError(f"{where}.loss: {e}") from None
-    optim = _optim(cfg, st)
-    per_epoch = _steps_per_epoch(_epoch_samples(counts, sampling, where), cfg["data"]["batch_size"], optim.grad_accum)
-    epochs, length = _epochs(where, st, per_epoch, cfg["data"]["batch_size"])
+    optim, batch = _optim(cfg, st), cfg["data"]["batch_size"]
+    schedule = Schedule(micro_batches(_epoch_samples(counts, sampling, where), batch, optim.grad_accum), 1,
+                        optim.lr, optim.grad_accum, optim.warmup_epochs, optim.schedule, optim.min_lr)
+    epochs, length = epochs_for(st, schedule.steps_per_epoch, batch)
     return StageSpec(
-        index=i, name=st["name"], epochs=epochs, length=length, steps_per_epoch=per_epoch,
+        index=i, name=st["name"], length=length, schedule=replace(schedule, epochs=epochs),
         sampling=sampling, augment=augment, train=st["train"], head=st["head"],
         expand_rows=st["expand_rows"], head_classes=tuple(head), loss=dict(st["loss"]),
         loss_counts=loss_counts, optim=optim, classifiers=tuple(st["classifiers"]),
@@ -207,6 +200,8 @@ def _stage(cfg: dict, i: int, st: dict, head: list[int], counts: np.ndarray) -> 
 def _make(where: str, make, value):
     try:
         return make(value)
+    except ConfigError:
+        raise
     except (ValueError, TypeError, DataError) as e:
         raise ConfigError(f"{where}: {e}") from None
 
@@ -247,35 +242,6 @@ def _epoch_samples(counts: np.ndarray, sampling: SamplingSpec, where: str) -> in
     if kept.sum() == 0:
         raise ConfigError(f"{where}.sampler: the train split has no samples of the classes drawn")
     return int(kept.sum())
-
-
-def _steps_per_epoch(samples: int, global_batch: int, grad_accum: int) -> int:
-    micro = math.ceil(samples * grad_accum / global_batch)   # micro-batches per rank
-    return max(1, math.ceil(micro / grad_accum))
-
-
-def _epochs(where: str, st: dict, per_epoch: int, global_batch: int) -> tuple[int, str]:
-    """Whole epochs closest to the length asked for (at least 1 unless epochs: 0 is given)."""
-    given = [k for k in LENGTHS if st[k] is not None]
-    if not given:
-        return 1, "1 epochs"
-    key, value = given[0], int(st[given[0]])
-    if key == "epochs":
-        return value, f"{value} epochs"
-    steps = value if key == "steps" else math.ceil(value / global_batch)
-    return max(1, round(steps / per_epoch)), f"{value} {key}"
-
-
-def _head_training(name: str, sec: dict, counts: np.ndarray, global_batch: int) -> HeadTrainingSpec:
-    if sec["batch_size"] < 1:
-        raise ConfigError(f"posthoc.{name}.batch_size: must be >= 1")
-    st = {k: sec[k] for k in LENGTHS}
-    if all(v is None for v in st.values()):
-        st["epochs"] = POSTHOC_EPOCHS[name]
-    per_epoch = _steps_per_epoch(int(np.sum(counts)), sec["batch_size"], 1)
-    epochs, _ = _epochs(f"posthoc.{name}", st, per_epoch, sec["batch_size"])
-    return HeadTrainingSpec(features=sec["features"], epochs=epochs, batch_size=sec["batch_size"],
-                            lr=sec["lr"], momentum=sec["momentum"], weight_decay=sec["weight_decay"])
 
 
 def _double_correction(where: str, st: dict) -> list[str]:

@@ -6,8 +6,12 @@ trainer.spec.config validates recipes against it; trainer.spec.resolve resolves 
 """
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass
 from typing import Any
+
+from trainer.posthoc.registry import table
 
 REQUIRED = object()  # default meaning "must be given"
 
@@ -29,6 +33,18 @@ def field(types, default, choices=None, nullable=False, item_type=None) -> Field
 def auto_bool(default="auto") -> Field:
     """true | false | auto (auto: decided where the setting takes effect, e.g. on CUDA only)."""
     return field((bool, str), default, [True, False, "auto"])
+
+
+def section(options: type) -> dict[str, Field]:
+    """A schema section read from a dataclass of options: its types, defaults and choices
+    (`dataclasses.field(metadata={"choices": ...})`), so the defaults have one home."""
+    hints = typing.get_type_hints(options)
+    out = {}
+    for f in dataclasses.fields(options):
+        args = typing.get_args(hints[f.name]) or (hints[f.name],)
+        types = tuple(a for a in args if a is not type(None))
+        out[f.name] = field(types, f.default, f.metadata.get("choices"), type(None) in args)
+    return out
 
 
 OPEN = "open"  # free-form dict, validated by its consumer (build_loss, metrics.group_classes)
@@ -65,7 +81,6 @@ OPTIM = {
 # Per-stage optimizer overrides: same keys, every one optional (None = take the global value).
 STAGE_OPTIM = {k: field(f.types, None, f.choices, True, f.item_type) for k, f in OPTIM.items()
                if k not in ("precision",)}
-LENGTHS = ("epochs", "steps", "samples")   # a stage gives exactly one
 STAGE = {
     "name": field(str, REQUIRED),
     "epochs": field(int, None, nullable=True),
@@ -82,16 +97,6 @@ STAGE = {
     "classifiers": field(list, [], item_type=str),
     "select": field(str, "last", ["last", "best"]),
 }
-HEAD_TRAINING = {   # cRT and LWS: a classifier trained on the frozen representation
-    "features": field(str, "stream", ["stream", "cached"]),
-    "epochs": field(int, None, nullable=True),
-    "steps": field(int, None, nullable=True),
-    "samples": field(int, None, nullable=True),
-    "batch_size": field(int, 512),
-    "lr": field(float, 0.2),
-    "momentum": field(float, 0.9),
-    "weight_decay": field(float, 5e-4),
-}
 SCHEMA = {
     "seed": field(int, 0),
     "run": {
@@ -99,8 +104,6 @@ SCHEMA = {
         "recipe": field(str, None, nullable=True),   # the recipe file it came from (set on load)
         "log_every": field(int, 50),
         "progress_bar": field(bool, True),
-        "debug_ids": field(bool, False),        # log the sample ids each rank sees (tests)
-        "fail_at_step": field(int, None, nullable=True),  # inject a crash (resume tests)
     },
     "data": {
         "shards": field(str, REQUIRED),
@@ -131,19 +134,14 @@ SCHEMA = {
         "groups": OPEN,
         "select_metric": field(str, "balanced_acc", ["balanced_acc", "top1"]),
     },
-    "posthoc": {
-        "crt": HEAD_TRAINING,    # no length given: 10 epochs (classifier-balancing's cRT)
-        "lws": HEAD_TRAINING,    # no length given: 5 epochs
-        "ncm": {"metric": field(str, "l2_centred", ["l2_centred", "cosine"])},
-        "tau_norm": {"max": field(float, 2.0), "step": field(float, 0.1)},
-    },
+    "posthoc": {name: section(kind.Options) for name, kind in table().items()},   # trainer.posthoc.classifiers
     "stages": [STAGE],
 }
 # Keys that moved: the old spelling is an error naming the new one ({} = the parent's path).
 MOVED = {("stage", "lr"): "{}.optim.lr"}
-CLASSIFIERS = ("crt", "ncm", "tau_norm", "lws")
+CLASSIFIERS = tuple(SCHEMA["posthoc"])
 DEFAULT_LOSS = {"name": "ce"}
 # Keys that may differ between a run and its resumption (they do not change results).
-RESUME_FREE = {("data", "num_workers"), ("run", "progress_bar"), ("run", "fail_at_step"),
+RESUME_FREE = {("data", "num_workers"), ("run", "progress_bar"),
                ("data", "loader"), ("data", "dali_threads"), ("run", "recipe"),
                *(("speed", k) for k in SCHEMA["speed"])}

@@ -1,9 +1,9 @@
-"""The train epoch: one pass over the stage's stream, an optimizer step per (accumulated) batch."""
+"""The train epoch: one pass over a stage's batches, an optimizer step per (accumulated) batch."""
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -11,114 +11,105 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from trainer.errors import TrainingError
-from trainer.spec.resolve import OptimSpec
-from trainer.train.optim import Schedule, lr_at, set_lr, set_train_mode
+from trainer.spec.schedule import Schedule
+from trainer.train.optim import set_lr
 
 
 @dataclass
-class EpochContext:
-    """What one training epoch needs; built once per stage by the run."""
-    accelerator: object
-    model: nn.Module            # prepared (DDP-wrapped where distributed)
-    optimizer: object           # prepared
-    loss_fn: nn.Module
-    stream: object
-    iterate: Callable[[object], object]   # stream -> iterator of batches (trainer.streams)
-    schedule: Schedule
-    opt: OptimSpec
-    part: str                   # all | classifier | last_block
-    to_full: Callable[[torch.Tensor], torch.Tensor]  # head logits -> all classes (-inf outside the head)
-    stage_index: int
-    stage_name: str
-    log_every: int = 50
-    on_log: Callable[[dict], None] | None = None      # train record -> history/tensorboard
-    should_stop: Callable[[], bool] | None = None     # preemption check after each step
-    on_ids: Callable[[int, np.ndarray], None] | None = None  # debug: (epoch, sample ids) this rank trains on
-    fail_at_step: int | None = None                    # tests: crash at this global step
-    progress_bar: bool = True
-    global_step: int = 0        # across stages, for TensorBoard
-    losses: list = field(default_factory=list)
+class Hooks:
+    """Optional callbacks into the loop: the run's logging and preemption check, and what tests
+    attach (tests/hooked_trainer.py). None of them is a recipe key."""
+    log: Callable[[dict], None] | None = None            # a train record -> history, TensorBoard
+    should_stop: Callable[[], bool] | None = None        # preemption, checked after each step
+    on_batch: Callable[[int, int, np.ndarray], None] | None = None     # (stage, epoch, this rank's sample ids)
+    on_step: Callable[[int], None] | None = None                       # after each step (global step)
+    on_stage_end: Callable[[nn.Module, int], None] | None = None       # (model, stage index)
 
 
-def train_epoch(ctx: EpochContext, epoch: int, start_batch: int = 0) -> tuple[int, bool]:
-    """Train one epoch from batch `start_batch`. Returns (next batch, stopped early)."""
-    acc, model, sched = ctx.accelerator, ctx.model, ctx.schedule
-    set_train_mode(acc.unwrap_model(model), ctx.part)
-    ctx.stream.set_epoch(epoch, start_batch)
-    n_micro = len(ctx.stream)
-    device = acc.device
+@dataclass(frozen=True)
+class EpochResult:
+    batch: int          # the next micro-batch (== batches per epoch when the epoch finished)
+    stopped: bool       # stopped early on request (preemption)
+    global_step: int
+
+
+def train_epoch(accelerator, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
+                batches: Iterable, *, n_micro: int, epoch: int, schedule: Schedule, global_step: int,
+                to_full: Callable[[torch.Tensor], torch.Tensor], label: tuple[int, str], start_batch: int = 0,
+                log_every: int = 50, progress_bar: bool = True, hooks: Hooks | None = None) -> EpochResult:
+    """Train on `batches` (this rank's micro-batches of the epoch, from `start_batch` on).
+    `to_full` maps head logits to all classes; `label` is the stage's (index, name) for logs."""
     window: list[torch.Tensor] = []     # per-step losses on device, checked every log_every steps
     window_steps: list[int] = []
     group: list = []
-    batch = start_batch
+    batch, lr, stopped = start_batch, schedule.lr(0), False
+    hooks = hooks or Hooks()
     # disable=None: tqdm switches itself off when stderr is not a terminal (batch jobs' logs).
-    show = ctx.progress_bar and acc.is_local_main_process
+    show = progress_bar and accelerator.is_local_main_process
     bar = tqdm(total=n_micro, initial=start_batch, disable=None if show else True,
-               desc=f"{ctx.stage_name} ep{epoch}", leave=False, dynamic_ncols=True)
-    for images, labels, ids in ctx.iterate(ctx.stream):
+               desc=f"{label[1]} ep{epoch}", leave=False, dynamic_ncols=True)
+
+    def flush() -> None:
+        _flush(hooks.log, window, window_steps, label, epoch, global_step, lr)
+        window.clear()
+        window_steps.clear()
+
+    for images, labels, ids in batches:
         batch += 1
-        if ctx.on_ids is not None:
-            ctx.on_ids(epoch, ids.cpu().numpy() if torch.is_tensor(ids) else np.asarray(ids))
+        if hooks.on_batch is not None:
+            hooks.on_batch(label[0], epoch, ids.cpu().numpy() if torch.is_tensor(ids) else np.asarray(ids))
         group.append((images, labels))
-        end_of_group = batch % sched.grad_accum == 0 or batch == n_micro
-        if not end_of_group:
+        if batch % schedule.grad_accum and batch != n_micro:
             continue
-        step_in_stage = epoch * sched.steps_per_epoch + (batch - 1) // sched.grad_accum
-        lr = lr_at(step_in_stage, sched.total_steps, sched.warmup_steps, ctx.opt)
-        set_lr(ctx.optimizer, lr)
-        loss = _step(ctx, group, device)
+        step_in_stage = epoch * schedule.steps_per_epoch + (batch - 1) // schedule.grad_accum
+        lr = schedule.lr(step_in_stage)
+        set_lr(optimizer, lr)
+        window.append(_step(accelerator, model, optimizer, loss_fn, to_full, group))
+        window_steps.append(step_in_stage)
         bar.update(len(group))
         group = []
-        ctx.global_step += 1
-        window.append(loss)
-        window_steps.append(step_in_stage)
-        if ctx.fail_at_step is not None and ctx.global_step == ctx.fail_at_step:
-            raise RuntimeError(f"injected failure at global step {ctx.global_step} (run.fail_at_step)")
+        global_step += 1
+        if hooks.on_step is not None:
+            hooks.on_step(global_step)
         last = batch == n_micro
-        if len(window) >= ctx.log_every or last:
-            _flush(ctx, window, window_steps, epoch, lr)
-            window, window_steps = [], []
-        if not last and ctx.should_stop is not None and ctx.should_stop():
-            if window:
-                _flush(ctx, window, window_steps, epoch, lr)
-            bar.close()
-            return batch, True
+        if len(window) >= log_every or last:
+            flush()
+        if not last and hooks.should_stop is not None and hooks.should_stop():
+            stopped = True
+            break
     bar.close()
     if window:
-        _flush(ctx, window, window_steps, epoch, lr)
-    return batch, False
+        flush()
+    return EpochResult(batch, stopped, global_step)
 
 
-def _step(ctx: EpochContext, group: list, device) -> torch.Tensor:
+def _step(accelerator, model: nn.Module, optimizer, loss_fn: nn.Module, to_full, group: list) -> torch.Tensor:
     """One optimizer step over a group of micro-batches (gradient accumulation by hand: the
     stream is not a prepared DataLoader, so Accelerate cannot see where an epoch ends)."""
-    acc, model = ctx.accelerator, ctx.model
+    device = accelerator.device
     total = torch.zeros((), device=device)
     for j, (images, labels) in enumerate(group):
         images = images.to(device, non_blocking=True)
         targets = labels.to(device, non_blocking=True)
         sync = j == len(group) - 1
-        ctx_mgr = acc.no_sync(model) if not sync else nullcontext()
-        with ctx_mgr:
-            with acc.autocast():
-                logits = ctx.to_full(model(images).float())
-                loss = ctx.loss_fn(logits, targets)
-            acc.backward(loss / len(group))
+        with accelerator.no_sync(model) if not sync else nullcontext():
+            with accelerator.autocast():
+                loss = loss_fn(to_full(model(images).float()), targets)
+            accelerator.backward(loss / len(group))
         total += loss.detach().float() / len(group)
-    ctx.optimizer.step()
-    ctx.optimizer.zero_grad(set_to_none=True)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
     return total
 
 
-def _flush(ctx: EpochContext, window: list, steps: list[int], epoch: int, lr: float) -> None:
+def _flush(log, window: list, steps: list[int], label: tuple[int, str], epoch: int, global_step: int,
+           lr: float) -> None:
     """One host sync per log window: find a non-finite loss, then log the mean."""
     values = torch.stack(window).cpu().numpy()
     bad = np.flatnonzero(~np.isfinite(values))
     if bad.size:
-        raise TrainingError(f"stage {ctx.stage_index} ({ctx.stage_name}): loss is {values[bad[0]]} "
-                            f"at epoch {epoch}, step {steps[bad[0]]} of the stage; lower the learning "
-                            f"rate or check the data")
-    if ctx.on_log is not None:
-        ctx.on_log({"stage": ctx.stage_index, "stage_name": ctx.stage_name, "epoch": epoch,
-                    "step": steps[-1], "global_step": ctx.global_step, "kind": "train",
-                    "loss": float(values.mean()), "lr": lr})
+        raise TrainingError(f"stage {label[0]} ({label[1]}): loss is {values[bad[0]]} at epoch {epoch}, "
+                            f"step {steps[bad[0]]} of the stage; lower the learning rate or check the data")
+    if log is not None:
+        log({"stage": label[0], "stage_name": label[1], "epoch": epoch, "step": steps[-1],
+             "global_step": global_step, "kind": "train", "loss": float(values.mean()), "lr": lr})

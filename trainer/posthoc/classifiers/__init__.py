@@ -1,0 +1,1 @@
+"""One post-hoc classifier per module; each registers itself (trainer.posthoc.registry)."""

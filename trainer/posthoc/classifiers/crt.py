@@ -1,0 +1,28 @@
+"""cRT, classifier re-training: a freshly initialised linear head over all classes, trained
+class-balanced on the frozen representation (classifier-balancing's default: 10 epochs)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainer.models.heads import FullLogits, Head
+from trainer.posthoc.head_training import HeadTrainingOptions, HeadTrainingSpec, head_training
+from trainer.posthoc.registry import HeadClassifier
+
+
+class CRT(HeadClassifier):
+    name = "crt"
+    summary = "a fresh linear head re-trained class-balanced on the frozen features"
+    Options = HeadTrainingOptions
+
+    @classmethod
+    def settings(cls, options: dict, train_counts: np.ndarray) -> HeadTrainingSpec:
+        return head_training(cls.name, options, train_counts, default_epochs=10)
+
+    @classmethod
+    def fit(cls, ctx, settings: HeadTrainingSpec) -> tuple[nn.Module, dict]:
+        torch.manual_seed(ctx.seed)
+        head = Head(ctx.feature_dim, ctx.num_classes).to(ctx.device)
+        head = ctx.train_head(head, settings)
+        return FullLogits(head.eval().cpu(), ctx.num_classes), {}

@@ -1,0 +1,82 @@
+"""The table of post-hoc classifiers: every module in trainer/posthoc/classifiers/ defines one
+`PosthocClassifier` subclass, which registers itself under its `name`. The recipe schema, the
+resolved spec, fitting, saving, loading and the command-line help all read this table.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Any, ClassVar
+
+from torch import nn
+
+from trainer.errors import ConfigError
+from trainer.models.heads import FullLogits, Head
+
+_TABLE: dict[str, type["PosthocClassifier"]] = {}
+
+
+class PosthocClassifier:
+    """A classifier fitted on frozen features; as a module it maps features [B, D] to logits
+    over all classes. A subclass sets `name`, `summary` (one line for help texts), `Options` (a
+    dataclass: the recipe's `posthoc.<name>` section with its defaults) and implements `fit`
+    and `empty`; `settings` and `card` have defaults."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    Options: ClassVar[type]
+    linear_head_only: ClassVar[bool] = False   # rescales a linear head's rows: refused with a cosine head
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            _TABLE[cls.name] = cls
+
+    @classmethod
+    def settings(cls, options: dict, train_counts: Any) -> Any:
+        """The recipe's options, checked and resolved against the train split's class counts."""
+        return cls.Options(**options)
+
+    @classmethod
+    def fit(cls, ctx: Any, settings: Any) -> tuple[nn.Module, dict]:
+        """-> (the fitted module, extra fields for its validation EVAL). `ctx` is a
+        trainer.posthoc.fit.FitContext: features, the model's head, head training, the seed."""
+        raise NotImplementedError
+
+    @classmethod
+    def card(cls, clf: nn.Module) -> dict:
+        """What `empty` needs besides the state dict (saved in classifiers.json)."""
+        return {}
+
+    @classmethod
+    def empty(cls, card: dict, feature_dim: int, num_classes: int) -> nn.Module:
+        """A module to load a saved state dict into."""
+        raise NotImplementedError
+
+
+class HeadClassifier(PosthocClassifier):
+    """A classifier that is a linear (or cosine) `Head` over all classes: saved and loaded alike."""
+
+    @classmethod
+    def card(cls, clf: nn.Module) -> dict:
+        return {"normalized": clf.head.normalized}
+
+    @classmethod
+    def empty(cls, card: dict, feature_dim: int, num_classes: int) -> nn.Module:
+        return FullLogits(Head(feature_dim, num_classes, card.get("normalized", False)), num_classes)
+
+
+def table() -> dict[str, type[PosthocClassifier]]:
+    """Every post-hoc classifier, by name (their modules are imported on first use)."""
+    if not _TABLE:
+        package = importlib.import_module("trainer.posthoc.classifiers")
+        for module in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f"{package.__name__}.{module.name}")
+    return dict(sorted(_TABLE.items()))
+
+
+def get(name: str) -> type[PosthocClassifier]:
+    kinds = table()
+    if name not in kinds:
+        raise ConfigError(f"post-hoc classifier {name!r}: unknown; valid: {', '.join(kinds)}")
+    return kinds[name]
