@@ -32,12 +32,14 @@ All randomness comes from the torch.Generator passed in.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
+
+from datasets.options import from_mapping
 
 ROTATIONS = ("none", "free", "right")
 
@@ -71,13 +73,8 @@ class AugmentSpec:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "AugmentSpec":
-        """Build from a recipe mapping (None = no augmentation); unknown keys raise ValueError."""
-        d = dict(d or {})
-        valid = [f.name for f in fields(cls)]
-        unknown = sorted(set(d) - set(valid))
-        if unknown:
-            raise ValueError(f"augment: unknown key(s) {unknown}, valid keys: {valid}")
-        return cls(**d)
+        """Build from a recipe mapping (None: the defaults); unknown keys raise DataError."""
+        return from_mapping(cls, d, "augment")
 
     @property
     def warps(self) -> bool:

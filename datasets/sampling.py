@@ -6,10 +6,11 @@ same global plan and takes its own share of it without talking to the others.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
+from datasets.options import from_mapping
 from shards.errors import DataError
 
 KINDS = ("instance", "class", "sqrt", "power", "progressive", "sequential")
@@ -75,13 +76,8 @@ class SamplingSpec:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "SamplingSpec":
-        """Build from a recipe mapping; unknown keys raise DataError listing the valid ones."""
-        d = dict(d or {})
-        valid = [f.name for f in fields(cls)]
-        unknown = sorted(set(d) - set(valid))
-        if unknown:
-            raise DataError(f"sampling: unknown key(s) {unknown}, valid keys: {valid}")
-        return cls(**d)
+        """Build from a recipe mapping (None: the defaults); unknown keys raise DataError."""
+        return from_mapping(cls, d, "sampling")
 
 
 def class_weights(counts: np.ndarray, q: float) -> np.ndarray:

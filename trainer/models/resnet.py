@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from trainer.models.heads import Head
+from trainer.models.backbone import Backbone
 
 LAYERS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 
@@ -25,7 +25,7 @@ def _stage(cin: int, cout: int, blocks: int, stride: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class ResNet(nn.Module):
+class ResNet(Backbone):
     def __init__(self, num_classes: int, depth: int = 18, width: int = 64, in_channels: int = 1) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
@@ -36,20 +36,10 @@ class ResNet(nn.Module):
             stages.append(_stage(cin, cout, blocks, 1 if i == 0 else 2))
             cin = cout
         self.stages = nn.Sequential(*stages)
-        self.feature_dim = cin
-        self.classifier = Head(cin, num_classes)
-        for m in self.modules():  # torchvision's initialisation
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        self.finish(cin, num_classes)   # torchvision's initialisation
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x)).mean((2, 3))   # global average pool; deterministic backward on CUDA
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
 
     def last_block(self) -> nn.Module:
         return self.stages[-1][-1]

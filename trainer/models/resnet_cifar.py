@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.models.heads import Head
-from trainer.models.shake_shake import _init_weights
+from trainer.models.backbone import Backbone
 
 
 class PadShortcut(nn.Module):
@@ -40,7 +39,7 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class ResNetCifar(nn.Module):
+class ResNetCifar(Backbone):
     def __init__(self, num_classes: int, depth: int = 32, width: int = 16, in_channels: int = 1) -> None:
         super().__init__()
         per_stage = (depth - 2) // 6
@@ -52,15 +51,7 @@ class ResNetCifar(nn.Module):
                 blocks.append(BasicBlock(cin, cout, 2 if (stage > 0 and i == 0) else 1))
                 cin = cout
         self.blocks = nn.Sequential(*blocks)
-        self.feature_dim = cin
-        self.classifier = Head(cin, num_classes)
-        _init_weights(self)
+        self.finish(cin, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.stem(x)).mean((2, 3))   # global average pool; deterministic backward on CUDA
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
-
-    def last_block(self) -> nn.Module:
-        return self.blocks[-1]

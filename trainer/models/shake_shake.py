@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.models.heads import Head
+from trainer.models.backbone import Backbone
 
 
 class ShakeMix(torch.autograd.Function):
@@ -80,7 +80,7 @@ class ShakeBlock(nn.Module):
         return self.shortcut(x) + shake_mix(self.branch1(x), self.branch2(x), self.training)
 
 
-class ShakeShake(nn.Module):
+class ShakeShake(Backbone):
     def __init__(self, num_classes: int, depth: int = 26, width: int = 32, in_channels: int = 1) -> None:
         super().__init__()
         per_stage = (depth - 2) // 6
@@ -92,25 +92,8 @@ class ShakeShake(nn.Module):
                 blocks.append(ShakeBlock(cin, cout, stride))
                 cin = cout
         self.blocks = nn.Sequential(*blocks)
-        self.feature_dim = cin
-        self.classifier = Head(cin, num_classes)
-        _init_weights(self)
+        self.finish(cin, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.blocks(self.stem(x)))
         return x.mean((2, 3))   # global average pool: unlike adaptive_avg_pool2d, a deterministic backward on CUDA
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
-
-    def last_block(self) -> nn.Module:
-        return self.blocks[-1]
-
-
-def _init_weights(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -54,6 +55,11 @@ class FitContext:
     @property
     def device(self) -> torch.device:
         return self.setup.accelerator.device
+
+    @property
+    def train_counts(self) -> np.ndarray:
+        """Training samples per class (the class prior, up to normalisation)."""
+        return self.setup.index.split("train").class_counts()
 
     def features(self, split: str) -> Outputs:
         """Unaugmented features and labels of every sample of `split`, gathered over ranks."""

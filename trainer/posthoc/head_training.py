@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -59,6 +60,17 @@ def head_training(name: str, options: dict, train_counts: np.ndarray, default_ep
     per_epoch = Schedule(micro_batches(int(np.sum(train_counts)), opts.batch_size, 1), 1, opts.lr).steps_per_epoch
     epochs, _ = epochs_for(lengths, per_epoch, opts.batch_size)
     return HeadTrainingSpec(opts.features, epochs, opts.batch_size, opts.lr, opts.momentum, opts.weight_decay)
+
+
+class TrainedHead:
+    """Mixin for post-hoc classifiers trained by this loop: their options and resolved settings."""
+    name: ClassVar[str]
+    default_epochs: ClassVar[int]     # when the recipe gives no length (classifier-balancing's)
+    Options = HeadTrainingOptions
+
+    @classmethod
+    def settings(cls, options: dict, train_counts: np.ndarray) -> HeadTrainingSpec:
+        return head_training(cls.name, options, train_counts, cls.default_epochs)
 
 
 def train_head(head: nn.Module, batches: Batches, schedule: Schedule, *, momentum: float, weight_decay: float,

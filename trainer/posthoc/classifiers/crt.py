@@ -2,23 +2,18 @@
 class-balanced on the frozen representation (classifier-balancing's default: 10 epochs)."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
 from trainer.models.heads import FullLogits, Head
-from trainer.posthoc.head_training import HeadTrainingOptions, HeadTrainingSpec, head_training
+from trainer.posthoc.head_training import HeadTrainingSpec, TrainedHead
 from trainer.posthoc.registry import HeadClassifier
 
 
-class CRT(HeadClassifier):
+class CRT(TrainedHead, HeadClassifier):
     name = "crt"
     summary = "a fresh linear head re-trained class-balanced on the frozen features"
-    Options = HeadTrainingOptions
-
-    @classmethod
-    def settings(cls, options: dict, train_counts: np.ndarray) -> HeadTrainingSpec:
-        return head_training(cls.name, options, train_counts, default_epochs=10)
+    default_epochs = 10
 
     @classmethod
     def fit(cls, ctx, settings: HeadTrainingSpec) -> tuple[nn.Module, dict]:

@@ -2,14 +2,13 @@
 per class (logits_i = f_i · (w_i·x + b_i)), trained class-balanced (default: 5 epochs)."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from trainer.errors import ConfigError
 from trainer.models.heads import FullLogits, Head
-from trainer.posthoc.head_training import HeadTrainingOptions, HeadTrainingSpec, head_training
+from trainer.posthoc.head_training import HeadTrainingSpec, TrainedHead
 from trainer.posthoc.registry import HeadClassifier
 
 
@@ -43,15 +42,11 @@ class LWS(nn.Module):
         return out
 
 
-class LearnableWeightScaling(HeadClassifier):
+class LearnableWeightScaling(TrainedHead, HeadClassifier):
     name = "lws"
     summary = "the stage's head with a learnable scale per class, trained class-balanced"
-    Options = HeadTrainingOptions
+    default_epochs = 5
     linear_head_only = True
-
-    @classmethod
-    def settings(cls, options: dict, train_counts: np.ndarray) -> HeadTrainingSpec:
-        return head_training(cls.name, options, train_counts, default_epochs=5)
 
     @classmethod
     def fit(cls, ctx, settings: HeadTrainingSpec) -> tuple[nn.Module, dict]:
