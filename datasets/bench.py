@@ -32,7 +32,7 @@ from datasets.resident import ResidentStream, load_pixels
 from datasets.sampling import SamplingSpec
 from datasets.stream import ShardStream, make_loader
 from datasets.stream_spec import StreamSpec, open_split
-from shards.errors import DataError
+from shards.errors import DataError, exit_on_error
 from shards.index import ClassIndex
 
 # Stage-3 style augmentation: everything on, so the bench measures the expensive path.
@@ -248,15 +248,15 @@ def dali_factories(args: argparse.Namespace, spec: StreamSpec, pixels: torch.Ten
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    try:
-        if min(args.batch_size, args.rounds, args.dali_threads) < 1 or min(args.workers, args.threads) < 0 \
-                or args.seconds <= 0:
-            raise DataError("--batch-size, --rounds and --dali-threads must be >= 1, --workers and "
-                            "--threads >= 0, --seconds > 0")
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        bench_reader(args) if args.loader == "reader" else bench_augmented(args)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return exit_on_error(lambda: _bench(args))
+
+
+def _bench(args: argparse.Namespace) -> int:
+    if min(args.batch_size, args.rounds, args.dali_threads) < 1 or min(args.workers, args.threads) < 0 \
+            or args.seconds <= 0:
+        raise DataError("--batch-size, --rounds and --dali-threads must be >= 1, --workers and "
+                        "--threads >= 0, --seconds > 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bench_reader(args) if args.loader == "reader" else bench_augmented(args)
     return 0

@@ -23,7 +23,6 @@ import io
 import json
 import multiprocessing as mp
 import os
-import sys
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -38,7 +37,7 @@ from datasets.synth_render import (LOOKS, Model, chip_rng, contact_sheet, orient
                                    render_eo_twin, render_sar, render_sar_of)
 from datasets.synth_vehicles import OOD_KINDS, ood_model, vehicle_model
 from shards.atomic import write_atomic, write_json
-from shards.errors import DataError
+from shards.errors import DataError, exit_on_error
 
 __all__ = ["CONTACT_SHEET", "CONTACT_SHEET_EO", "CONTACT_SHEET_OOD", "EO_CLASSES", "EO_MODES",
            "EO_PER_CLASS", "GENERATOR_VERSION", "LOOKS", "MANIFEST", "OOD_KINDS", "PRESETS", "Plan",
@@ -341,12 +340,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="processes (output does not depend on it)")
     args = parser.parse_args(argv)
-    try:
-        record = make_synthetic(args.out, args.preset, args.seed, look=args.look, workers=args.workers,
-                                progress=True, eo=args.eo, ood=args.ood)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return exit_on_error(lambda: _synth(args))
+
+
+def _synth(args: argparse.Namespace) -> int:
+    record = make_synthetic(args.out, args.preset, args.seed, look=args.look, workers=args.workers,
+                            progress=True, eo=args.eo, ood=args.ood)
     extras = (f", eo {args.eo}" if args.eo != "decoys" else "") + (f", {args.ood} ood" if args.ood else "")
     print(f"wrote {record['num_train']} train + {record['num_test']} test chips "
           f"({args.preset}, seed {args.seed}, look {args.look}{extras}) to {args.out}; "

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shards.errors import DataError
+from shards.errors import DataError, exit_on_error
 from shards.index import ClassIndex, SplitIndex
 from shards.members import prefix
 from shards.pixels import DEFAULT_SIZE_RANGE
@@ -16,11 +16,7 @@ from shards.pixels import DEFAULT_SIZE_RANGE
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return exit_on_error(lambda: args.func(args))
 
 
 def parser() -> argparse.ArgumentParser:

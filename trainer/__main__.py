@@ -6,18 +6,25 @@
   predict    --run RUN --images DIR --out results.csv [--classifier NAME]
   bench      [options]                       trainer overhead vs a bare PyTorch loop
   export     --run RUN [--classifier NAME] --format onnx|torchscript [--score msp|energy|max_logit]
-  report     → trainer.commands.report.main            compare → trainer.commands.compare.main
+  report     RUN [options]                   a markdown report with plots
+  compare    RECIPE … --seeds N              recipes over seeds, a mean ± std table
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from shards.errors import DataError
-from trainer.errors import ConfigError, TrainingError
+from shards.errors import exit_on_error
+from trainer.errors import USER_ERRORS
 
-CLASSIFIER_HELP = ("model (the final stage's head, default) or a post-hoc classifier the run fitted: "
-                   "crt, ncm, tau_norm, lws")
+
+
+def classifier_help() -> str:
+    from trainer.posthoc.registry import table
+
+    return ("model (the final stage's head, default) or a post-hoc classifier the run fitted: "
+            + ", ".join(table()))
+
 USAGE = ("usage: python -m trainer [train] --config RECIPE [key=value ...]\n"
          "       python -m trainer {resume RUN | evaluate --run RUN [--split S] | "
          "predict --run RUN --images DIR --out CSV | export --run RUN | bench | report ... | compare ...}")
@@ -48,7 +55,7 @@ def _evaluate(argv: list[str]) -> int:
     p.add_argument("--run", required=True)
     p.add_argument("--split", default="val", help="val (default) or test")
     p.add_argument("--json", action="store_true", help="print the EVAL dict as JSON")
-    p.add_argument("--classifier", default="model", help=CLASSIFIER_HELP)
+    p.add_argument("--classifier", default="model", help=classifier_help())
     a = p.parse_args(argv)
     from trainer.commands.predict import evaluate_run
 
@@ -62,7 +69,7 @@ def _predict(argv: list[str]) -> int:
     p.add_argument("--eo-images", default=None, help="SAR+EO model: folder of EO_<id>.png (default: --images)")
     p.add_argument("--out", required=True, help="results.csv (image_id,class_id)")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--classifier", default="model", help=CLASSIFIER_HELP)
+    p.add_argument("--classifier", default="model", help=classifier_help())
     p.add_argument("--score", choices=["msp", "energy", "max_logit"], default=None,
                    help="add a score column: how likely the chip is a known class (higher = more)")
     a = p.parse_args(argv)
@@ -103,11 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"error: unknown command {argv[0]!r}\n{USAGE}", file=sys.stderr)
         return 2
-    try:
-        return HANDLERS[command](rest)
-    except (ConfigError, DataError, TrainingError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return exit_on_error(lambda: HANDLERS[command](rest), USER_ERRORS)
 
 
 if __name__ == "__main__":

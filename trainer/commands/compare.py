@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from shards.atomic import write_atomic
-from shards.errors import DataError
+from shards.errors import exit_on_error
 from trainer.commands import plots
 from trainer.spec.config import config_differences, load_config, load_run_config, recipe_path
-from trainer.errors import ConfigError, TrainingError
+from trainer.errors import USER_ERRORS, ConfigError, TrainingError
 from trainer.summary import headline
 
 METRICS = ("top1", "balanced_acc", "head", "middle", "tail")
@@ -195,21 +195,21 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", type=Path, default=None, help="where the table goes (default: --runs-root)")
     p.add_argument("--split", default="val", choices=["val", "test"], help="which final evaluation to tabulate")
     args = p.parse_intermixed_args(argv)  # overrides may follow the options
-    try:
-        if args.seeds < 1:
-            raise ConfigError(f"--seeds: must be >= 1, got {args.seeds}")
-        recipes, overrides = split_args(args.items)
-        paths = [recipe_path(r) for r in recipes]
-        names = [q.stem for q in paths]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"compare: recipe names repeat ({', '.join(names)}); run folders would collide")
-        runs = {q.stem: [ensure_run(q, s, args.runs_root, overrides)[0]
-                         for s in range(args.first_seed, args.first_seed + args.seeds)] for q in paths}
-        command = shlex.join(["python", "-m", "trainer", "compare", *argv])
-        written = write_outputs(collect_rows(runs, args.split), args.out or args.runs_root, args.split, command,
-                                group_note(runs, args.split))
-    except (ConfigError, DataError, TrainingError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return exit_on_error(lambda: _compare(args, argv), USER_ERRORS)
+
+
+def _compare(args: argparse.Namespace, argv: list[str]) -> int:
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds: must be >= 1, got {args.seeds}")
+    recipes, overrides = split_args(args.items)
+    paths = [recipe_path(r) for r in recipes]
+    names = [q.stem for q in paths]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"compare: recipe names repeat ({', '.join(names)}); run folders would collide")
+    runs = {q.stem: [ensure_run(q, s, args.runs_root, overrides)[0]
+                     for s in range(args.first_seed, args.first_seed + args.seeds)] for q in paths}
+    command = shlex.join(["python", "-m", "trainer", "compare", *argv])
+    written = write_outputs(collect_rows(runs, args.split), args.out or args.runs_root, args.split, command,
+                            group_note(runs, args.split))
     print((written[0]).read_text(), end="")
     return 0

@@ -10,7 +10,6 @@ run's TTA views are inside. `python -m trainer predict` computes the same classe
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -20,8 +19,8 @@ from torch import nn
 
 from datasets.stream_spec import Normalizer
 from shards.atomic import atomic_path, write_json
-from shards.errors import DataError
-from trainer.errors import ConfigError, TrainingError
+from shards.errors import exit_on_error
+from trainer.errors import USER_ERRORS, ConfigError
 from trainer.evaluate.ood import SCORES
 from trainer.commands.predict import MODEL, load_scorer, run_normalizer
 from trainer.evaluate.scoring import Scorer, mean_softmax_log, tta_views
@@ -128,11 +127,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--score", default="msp", choices=list(SCORES))
     p.add_argument("--out", type=Path, default=None, help="file to write (default RUN/export/model-NAME.pt|.onnx)")
     a = p.parse_args(argv)
-    try:
-        r = export(a.run, a.classifier, a.format, a.score, a.out)
-    except (ConfigError, DataError, TrainingError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return exit_on_error(lambda: _export(a), USER_ERRORS)
+
+
+def _export(a: argparse.Namespace) -> int:
+    r = export(a.run, a.classifier, a.format, a.score, a.out)
     lat = f"{1000 * r['latency_s_batch1']:.2f} ms/chip at batch 1" if r["latency_s_batch1"] else "latency not measured"
     print(f"{r['file']}: {r['format']}, {r['file_mb']:.2f} MiB, {lat} on this machine "
           f"(seed 000: {SEED_REFERENCE['file_mb']} MB, {1000 * SEED_REFERENCE['latency_s']:.1f} ms on a 2080 Ti)")

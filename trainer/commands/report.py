@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,12 +19,12 @@ import yaml
 
 from datasets import ntire
 from shards.atomic import write_atomic
-from shards.errors import DataError
+from shards.errors import exit_on_error
 from shards.index import ClassIndex
 from trainer.commands import latency, plots
 from trainer.train.checkpoint import load_weights
 from trainer.commands.embedding import section_features
-from trainer.errors import ConfigError, TrainingError
+from trainer.errors import USER_ERRORS, ConfigError
 from trainer.commands.report_ood import section_ood
 from trainer.summary import headline
 
@@ -286,13 +285,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--repeats", type=int, default=10, help="timed repeats per latency figure (median)")
     p.add_argument("--device", default=None, help="cpu | cuda[:i] (default: cuda if available)")
     args = p.parse_args(argv)
-    try:
-        run = load_run(args.run)
-        path = write_report(run, features=not args.no_features, inference=not args.no_inference,
-                            max_per_class=args.max_per_class, large_batch=args.large_batch,
-                            repeats=args.repeats, device=args.device)
-    except (ConfigError, DataError, TrainingError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return exit_on_error(lambda: _report(args), USER_ERRORS)
+
+
+def _report(args: argparse.Namespace) -> int:
+    path = write_report(load_run(args.run), features=not args.no_features, inference=not args.no_inference,
+                        max_per_class=args.max_per_class, large_batch=args.large_batch,
+                        repeats=args.repeats, device=args.device)
     print(path)
     return 0

@@ -1,0 +1,78 @@
+"""Post-hoc logit adjustment (Menon et al., ICLR 2021): the stage's head logits minus
+τ·log π_y, π the training class prior, τ chosen on validation (the best balanced accuracy, the
+first of ties). τ = 1 is the Bayes-optimal correction for a balanced test set; τ = 0 is the model."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainer.errors import ConfigError
+from trainer.evaluate.metrics import evaluate
+from trainer.models.heads import FullLogits, Head
+from trainer.posthoc.registry import HeadClassifier
+
+
+class LogitAdjusted(nn.Module):
+    """features -> head logits over all classes - τ·log π (classes without samples: -inf)."""
+
+    def __init__(self, head: Head, num_classes: int) -> None:
+        super().__init__()
+        self.head = FullLogits(head, num_classes)
+        self.register_buffer("log_prior", torch.zeros(num_classes))
+        self.register_buffer("tau", torch.zeros(()))
+
+    def set_prior(self, counts: np.ndarray, tau: float) -> "LogitAdjusted":
+        counts = np.asarray(counts, dtype=np.float64)
+        # a class without training samples gets no adjustment (its head row, if any, decides)
+        log_prior = np.where(counts > 0, np.log(np.maximum(counts, 1.0) / max(1.0, counts.sum())), 0.0)
+        with torch.no_grad():
+            self.log_prior.copy_(torch.as_tensor(log_prior))
+            self.tau.fill_(tau)
+        return self
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features) - self.tau * self.log_prior
+
+
+@dataclass(frozen=True)
+class LogitAdjustOptions:
+    max: float = 2.0
+    step: float = 0.1
+
+
+class LogitAdjust(HeadClassifier):
+    name = "logit_adjust"
+    summary = "the stage's head logits minus τ·log(class prior), τ chosen on validation"
+    Options = LogitAdjustOptions
+
+    @classmethod
+    def settings(cls, options: dict, train_counts) -> tuple[float, ...]:
+        opts = LogitAdjustOptions(**options)
+        if opts.step <= 0 or opts.max < 0:
+            raise ConfigError("posthoc.logit_adjust: step must be > 0 and max >= 0")
+        return tuple(float(t) for t in np.round(np.arange(0.0, opts.max + 1e-9, opts.step), 6))
+
+    @classmethod
+    def fit(cls, ctx, taus: tuple[float, ...]) -> tuple[nn.Module, dict]:
+        val = ctx.features("val")
+        clf = LogitAdjusted(ctx.linear_head(), ctx.num_classes)
+        with torch.no_grad():
+            logits = clf.head(torch.from_numpy(val.features)).double().numpy()
+        log_prior = clf.set_prior(ctx.train_counts, 1.0).log_prior.double().numpy()
+        curve = []
+        for tau in taus:
+            ev = evaluate(logits - tau * log_prior, val.labels, num_classes=ctx.num_classes)
+            curve.append((tau, float(ev["balanced_acc"])))
+        best = max(curve, key=lambda p: p[1])[0]   # max keeps the first of equal scores
+        return clf.set_prior(ctx.train_counts, best), {"tau": best, "tau_curve": curve}
+
+    @classmethod
+    def card(cls, clf: nn.Module) -> dict:
+        return {"normalized": clf.head.head.normalized}
+
+    @classmethod
+    def empty(cls, card: dict, feature_dim: int, num_classes: int) -> nn.Module:
+        return LogitAdjusted(Head(feature_dim, num_classes, card.get("normalized", False)), num_classes)
