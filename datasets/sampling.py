@@ -80,7 +80,7 @@ class SamplingSpec:
         return from_mapping(cls, d, "sampling")
 
 
-def class_weights(counts: np.ndarray, q: float) -> np.ndarray:
+def class_probabilities(counts: np.ndarray, q: float) -> np.ndarray:
     """p_j ∝ n_j^q, 0 for empty/filtered classes (pass filtered classes with count 0)."""
     counts = np.asarray(counts, dtype=np.float64)
     w = np.where(counts > 0, np.power(np.maximum(counts, 1.0), q), 0.0)
@@ -126,12 +126,12 @@ def epoch_weights(counts: np.ndarray, spec: SamplingSpec, epoch: int, total_epoc
     """Class probabilities for one epoch; progressive: (1-t)·p^IB + t·p^CB, t = progress(epoch, T)."""
     counts = _filtered_counts(counts, spec)
     if spec.per_class is not None:
-        return class_weights(counts, 0.0)
+        return class_probabilities(counts, 0.0)
     if spec.kind == "progressive":
         t = progress(epoch, total_epochs)
-        return (1.0 - t) * class_weights(counts, 1.0) + t * class_weights(counts, 0.0)
+        return (1.0 - t) * class_probabilities(counts, 1.0) + t * class_probabilities(counts, 0.0)
     q = spec.q if spec.kind == "power" else _FIXED_Q[spec.kind]
-    return class_weights(counts, float(q))
+    return class_probabilities(counts, float(q))
 
 
 def largest_remainder(total: int, weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer.errors import ConfigError
-from trainer.losses import build_loss, class_weights, ldam_margins
+from trainer.losses import build_loss, loss_weights, ldam_margins
 
 LOGITS = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.3, 1.2], [1.0, 1.0, 0.0], [-0.5, 2.5, 0.0]])
 TARGET = torch.tensor([0, 2, 1, 1])
@@ -19,14 +19,14 @@ def test_cb_weights_worked_example():
     # counts [100, 10], β = 0.99: effective numbers (1 - β^n)/(1 - β)
     #   E_100 = (1 - 0.366032)/0.01 = 63.3968,  E_10 = (1 - 0.904382)/0.01 = 9.56179
     #   1/E = [0.0157737, 0.1045828], normalised to sum 2 → [0.262117, 1.737883]
-    np.testing.assert_allclose(class_weights([100, 10], "cb", 0.99), [0.262117, 1.737883], rtol=1e-5)
+    np.testing.assert_allclose(loss_weights([100, 10], "cb", 0.99), [0.262117, 1.737883], rtol=1e-5)
 
 
 def test_inverse_and_sqrt_inverse_weights_and_empty_classes():
-    np.testing.assert_allclose(class_weights([1, 3], "inverse"), [1.5, 0.5])
-    np.testing.assert_allclose(class_weights([1, 4], "sqrt_inverse"), [4 / 3, 2 / 3])
-    np.testing.assert_allclose(class_weights([0, 1, 3], "inverse"), [0.0, 1.5, 0.5])
-    np.testing.assert_allclose(class_weights([5, 0, 7], "none"), [1.0, 0.0, 1.0])
+    np.testing.assert_allclose(loss_weights([1, 3], "inverse"), [1.5, 0.5])
+    np.testing.assert_allclose(loss_weights([1, 4], "sqrt_inverse"), [4 / 3, 2 / 3])
+    np.testing.assert_allclose(loss_weights([0, 1, 3], "inverse"), [0.0, 1.5, 0.5])
+    np.testing.assert_allclose(loss_weights([5, 0, 7], "none"), [1.0, 0.0, 1.0])
 
 
 def test_ce_equals_torch_cross_entropy_and_set_epoch_exists():
@@ -57,7 +57,7 @@ def test_cb_loss_weight_normalisation_is_the_weighted_mean():
 
 def test_reweight_inverse_matches_torch_weighted_ce_in_both_normalisations():
     counts = [10, 5, 1]
-    w = torch.tensor(class_weights(counts, "inverse"), dtype=torch.float32)
+    w = torch.tensor(loss_weights(counts, "inverse"), dtype=torch.float32)
     got = build_loss({"name": "ce", "reweight": "inverse", "normalize": "weight"}, counts)(LOGITS, TARGET)
     torch.testing.assert_close(got, F.cross_entropy(LOGITS, TARGET, weight=w))
     got = build_loss({"name": "ce", "reweight": "inverse"}, counts)(LOGITS, TARGET)
@@ -77,7 +77,7 @@ def test_reduce_sum_divides_by_the_reduced_weight_total():
     # the two rank losses equals the single-process loss.
     counts = [10, 5, 1]
     full = build_loss({"name": "ce", "reweight": "inverse", "normalize": "weight"}, counts)(LOGITS, TARGET)
-    w = torch.tensor(class_weights(counts, "inverse"), dtype=torch.float32)
+    w = torch.tensor(loss_weights(counts, "inverse"), dtype=torch.float32)
     totals = [w[TARGET[:2]].sum(), w[TARGET[2:]].sum()]
     mean_total = (totals[0] + totals[1]) / 2
     seen = []

@@ -165,7 +165,7 @@ def add_stage_weights(run: Path) -> None:
         d = run / "stages" / f"{i}-{name}"
         d.mkdir(parents=True)
         torch.save(model.state_dict(), d / "model.pt")
-        (d / "head.json").write_text(json.dumps({   # as the trainer writes it (trainer.run.head_info)
+        (d / "card.json").write_text(json.dumps({   # as the trainer writes it (trainer.run.model_card)
             "classes": model.classifier.classes, "num_classes": 4, "input_size": 24, "tta": 1,
             "model": {"name": "resnet_cifar", "depth": 8, "width": 4, "head": "linear"},
             "pixel_mean": 0.3, "pixel_std": 0.2}))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from datasets.sampling import (SamplingSpec, class_weights, epoch_plan, epoch_weights,
+from datasets.sampling import (SamplingSpec, class_probabilities, epoch_plan, epoch_weights,
                                rank_batches)
 from shards.errors import DataError
 
@@ -26,11 +26,11 @@ def drawn_per_class(ids: np.ndarray) -> np.ndarray:
 
 
 def test_class_weights_follow_n_to_the_q():
-    np.testing.assert_allclose(class_weights(COUNTS, 1.0), COUNTS / COUNTS.sum())
-    np.testing.assert_allclose(class_weights(COUNTS, 0.0), np.full(4, 0.25))
+    np.testing.assert_allclose(class_probabilities(COUNTS, 1.0), COUNTS / COUNTS.sum())
+    np.testing.assert_allclose(class_probabilities(COUNTS, 0.0), np.full(4, 0.25))
     sq = np.sqrt(COUNTS)
-    np.testing.assert_allclose(class_weights(COUNTS, 0.5), sq / sq.sum())
-    w = class_weights(np.array([5, 0, 5]), 0.0)
+    np.testing.assert_allclose(class_probabilities(COUNTS, 0.5), sq / sq.sum())
+    w = class_probabilities(np.array([5, 0, 5]), 0.0)
     np.testing.assert_allclose(w, [0.5, 0.0, 0.5])  # empty class gets 0 even at q=0
 
 
@@ -53,7 +53,7 @@ def test_frequencies_match_n_to_the_q(kind, q):
     n = 10_000
     spec = SamplingSpec(kind=kind, q=q if kind == "power" else None, epoch_size=n)
     got = drawn_per_class(plan(spec))
-    want = n * class_weights(COUNTS, q)
+    want = n * class_probabilities(COUNTS, q)
     assert got.sum() == n
     assert np.all(np.abs(got - want) <= 1), (got, want)  # largest remainder: off by < 1
 
@@ -74,7 +74,7 @@ def test_progressive_moves_from_instance_to_class_balanced(epoch, t):
     # classifier-balancing: t = linspace(0, 1, T)[epoch], so the last epoch (T-1) is purely
     # class-balanced. (Before: t = epoch/T, which never reached p^CB.)
     spec = SamplingSpec(kind="progressive", epoch_size=10_000)
-    want_p = (1 - t) * class_weights(COUNTS, 1.0) + t * class_weights(COUNTS, 0.0)
+    want_p = (1 - t) * class_probabilities(COUNTS, 1.0) + t * class_probabilities(COUNTS, 0.0)
     np.testing.assert_allclose(epoch_weights(COUNTS, spec, epoch, 10), want_p)
     got = drawn_per_class(plan(spec, epoch=epoch, total=10))
     assert np.all(np.abs(got - 10_000 * want_p) <= 1)

@@ -60,9 +60,9 @@ def test_recipe_end_to_end(recipe, shards, tmp_path, capsys):
     for i, st in enumerate(cfg["stages"]):
         folder = run / "stages" / f"{i}-{st['name']}"
         assert (folder / "model.pt").is_file()
-        assert json.loads((folder / "head.json").read_text())["num_classes"] == 4
+        assert json.loads((folder / "card.json").read_text())["num_classes"] == 4
     if recipe == "three_stage_mini":
-        heads = [json.loads((run / "stages" / f"{i}-{s['name']}" / "head.json").read_text())["classes"]
+        heads = [json.loads((run / "stages" / f"{i}-{s['name']}" / "card.json").read_text())["classes"]
                  for i, s in enumerate(cfg["stages"])]
         assert heads == [[0, 1, 2, 3], [1, 2, 3], [0, 1, 2, 3], [0, 1, 2, 3]]
         # stage 2 never saw class 0 and cannot predict it

@@ -45,7 +45,7 @@ REWEIGHTS = ("none", "inverse", "sqrt_inverse", "cb")
 NORMALIZE = ("batch", "weight")
 
 
-def class_weights(counts: np.ndarray, kind: str, beta: float = 0.9999) -> np.ndarray:
+def loss_weights(counts: np.ndarray, kind: str, beta: float = 0.9999) -> np.ndarray:
     """Per-class weights, 0 for empty classes, summing to the number of non-empty classes."""
     n = np.asarray(counts, dtype=np.float64)
     present = n > 0
@@ -146,7 +146,7 @@ def build_loss(cfg: dict, class_counts: np.ndarray | list, *,
     reweight = c["reweight"]
     if reweight == "none" and (name == "cb" or c["drw_epoch"] is not None):
         reweight = "cb"  # "cb" is CE with CB weights; DRW defers CB weights (LDAM-DRW)
-    weight = class_weights(counts, reweight, c["beta"])
+    weight = loss_weights(counts, reweight, c["beta"])
     normalize = c["normalize"] or ("weight" if name == "ldam" or c["drw_epoch"] is not None else "batch")
     kwargs = {"drw_epoch": c["drw_epoch"], "label_smoothing": c["label_smoothing"],
               "normalize": normalize, "reduce_sum": reduce_sum}

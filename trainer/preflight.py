@@ -111,7 +111,7 @@ def prepare(cfg: dict, *, trackers: bool = True, check_run: bool = True) -> Setu
     data = cfg["data"]
     channels = recipe.model["in_channels"]
     pixels = sum(len(s) for s in index.splits.values()) * recipe.input_size ** 2 * channels
-    kind = choose_loader(data["loader"], pixels, acc.device, channels)
+    kind = choose_loader(data["loader"], pixels, acc.device)
     speed = SpeedSpec.resolve(cfg["speed"], acc.device.type == "cuda")
     streams = Streams(shards=data["shards"], kind=kind, input_size=recipe.input_size,
                       batch_size=data["batch_size"], eval_batch_size=data["eval_batch_size"],

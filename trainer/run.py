@@ -231,7 +231,7 @@ def _validate(run: Run, stage: StageSpec, model, epoch: int, schedule, best: flo
 def _restored_rows(run: Run, stage: StageSpec) -> dict[int, tuple[torch.Tensor, torch.Tensor]] | None:
     """expand_rows: restore — classifier rows of the classes the expand adds back, as the last
     earlier stage whose head covered them left them (seed 000: class 0 after stage 1)."""
-    if stage.head != "expand" or stage.expand_rows != "restore":
+    if stage.head_change != "expand" or stage.expand_rows != "restore":
         return None
     added = [c for c in range(run.num_classes) if c not in run.model.classifier.classes]
     rows = {}
@@ -276,7 +276,7 @@ def finish_stage(run: Run, stage: StageSpec, model) -> None:
         folder = run.stage_dir(i)
         checkpoint.save_weights(run.model, folder / "model.pt")
         posthoc.save_classifiers(folder, run.fitted)
-        write_json(folder / "head.json", head_info(run), indent=1)
+        write_json(folder / "card.json", model_card(run), indent=1)
         write_json(folder / "val.json", val)
     acc.wait_for_everyone()
     run.results = [r for r in run.results if r["name"] != stage.name] + [{"name": stage.name, "val": val}]
@@ -309,8 +309,8 @@ def finish(run: Run) -> None:
 
 
 # ---------------------------------------------------------------- helpers
-def head_info(run: Run) -> dict:
-    """RUN/stages/<i>-<name>/head.json: what `predict` needs besides the weights."""
+def model_card(run: Run) -> dict:
+    """RUN/stages/<i>-<name>/card.json: what `predict` and `export` need besides the weights."""
     train = run.setup.index.split("train")
     norm = normalizer_of(train)
     return {"classes": run.model.classifier.classes, "class_names": list(run.setup.index.classes),

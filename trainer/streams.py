@@ -31,10 +31,10 @@ def check_dali() -> None:
                           "use data.loader=resident, torch or auto") from err
 
 
-def choose_loader(loader: str, resident_bytes: int, device: torch.device, channels: int = 1) -> str:
+def choose_loader(loader: str, resident_bytes: int, device: torch.device) -> str:
     """resident | torch | dali. `auto` is resident when the decoded train/val/test splits fit in
     half the free memory of the device that will hold them, else the torch reader. Every loader
-    takes any channel count (gray, RGB, SAR+EO stacked); `channels` is part of resident_bytes."""
+    takes any channel count (gray, RGB, SAR+EO stacked); the channels are in resident_bytes."""
     if loader == "dali":
         check_dali()
     if loader != "auto":
@@ -94,11 +94,10 @@ class Streams:
             return stream
         return ShardStream(self.shards, split, spec)
 
-    def train(self, stage: StageSpec, seed: int, *, batch_size: int | None = None,
-              split: str = "train"):
+    def train(self, stage: StageSpec, seed: int):
         """The stream of one stage: its sampling and augmentation, `stage.epochs` long."""
-        batch = per_rank_batch(batch_size or self.batch_size, self.world, stage.optim.grad_accum)
-        return self.open(split, StreamSpec(batch, stage.sampling, stage.augment, self.input_size,
+        batch = per_rank_batch(self.batch_size, self.world, stage.optim.grad_accum)
+        return self.open("train", StreamSpec(batch, stage.sampling, stage.augment, self.input_size,
                                            seed, self.rank, self.world, max(1, stage.epochs),
                                            self.equal_batches))
 

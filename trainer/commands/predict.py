@@ -66,7 +66,7 @@ def evaluate_run(run_dir: str | Path, split: str = "val", as_json: bool = False,
 
 
 def run_normalizer(info: dict) -> Normalizer:
-    """The run's per-channel normalisation (head.json; older runs: one mean and std)."""
+    """The run's per-channel normalisation (card.json; older runs: one mean and std)."""
     if "normalize" in info:
         mean, std = info["normalize"]["mean"], info["normalize"]["std"]
         return Normalizer(mean, std) if isinstance(mean, float) else Normalizer(tuple(mean), tuple(std))

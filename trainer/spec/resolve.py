@@ -51,7 +51,7 @@ class StageSpec:
     sampling: SamplingSpec
     augment: AugmentSpec
     train: str                         # all | classifier | last_block
-    head: str                          # keep | subset | expand | reset (the transition)
+    head_change: str                   # keep | subset | expand | reset (recipe key `head`)
     expand_rows: str                   # fresh | restore (rows of classes added back by expand)
     head_classes: tuple[int, ...]      # classes the head covers after the transition
     loss: dict
@@ -191,7 +191,7 @@ def _stage(cfg: dict, i: int, st: dict, head: list[int], counts: np.ndarray) -> 
     epochs, length = epochs_for(st, schedule.steps_per_epoch, batch)
     return StageSpec(
         index=i, name=st["name"], length=length, schedule=replace(schedule, epochs=epochs),
-        sampling=sampling, augment=augment, train=st["train"], head=st["head"],
+        sampling=sampling, augment=augment, train=st["train"], head_change=st["head"],
         expand_rows=st["expand_rows"], head_classes=tuple(head), loss=dict(st["loss"]),
         loss_counts=loss_counts, optim=optim, classifiers=tuple(st["classifiers"]),
         select=st["select"]), head

@@ -130,13 +130,20 @@ def _fsync_tree(folder: Path) -> None:
     fsync_dir(folder)
 
 
+def card_path(folder: Path) -> Path:
+    """A stage's model card (classes, input size, normalisation, TTA views, classifiers);
+    run folders written before it had its name call it head.json."""
+    card = Path(folder) / "card.json"
+    return card if card.is_file() or not (Path(folder) / "head.json").is_file() else Path(folder) / "head.json"
+
+
 def load_weights(folder: Path) -> tuple[torch.nn.Module, dict]:
-    """The model saved after a stage (RUN/stages/<i>-<name>/model.pt + head.json), in eval mode.
+    """The model saved after a stage (RUN/stages/<i>-<name>/model.pt + card.json), in eval mode.
     The head adopts the saved class list, so a stage that trained a subset head loads too."""
     try:
-        info = json.loads((folder / "head.json").read_text())
+        info = json.loads(card_path(folder).read_text())
     except (OSError, ValueError) as e:
-        raise TrainingError(f"{folder / 'head.json'}: missing or unreadable ({e})") from None
+        raise TrainingError(f"{card_path(folder)}: missing or unreadable ({e})") from None
     model = build_model(info["model"], info["num_classes"])
     state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
     try:

@@ -1,4 +1,5 @@
-"""A stage's structural change: the head transition and which part of the model trains."""
+"""A stage's structural change: the head transition, and which part of the model trains
+(recipe key `train`)."""
 from __future__ import annotations
 
 import torch
@@ -14,9 +15,9 @@ def apply_head(model: nn.Module, stage: StageSpec, num_classes: int,
     rows kept; `restored` gives (weight, bias) rows for classes added back) | reset (fresh
     classifier over the same classes, as cRT does)."""
     head = model.classifier
-    if stage.head == "subset":
+    if stage.head_change == "subset":
         head.subset(stage.head_classes)
-    elif stage.head == "expand":
+    elif stage.head_change == "expand":
         added = [c for c in range(num_classes) if c not in head.classes]
         head.expand(num_classes)
         with torch.no_grad():
@@ -24,7 +25,7 @@ def apply_head(model: nn.Module, stage: StageSpec, num_classes: int,
                 head.weight[c].copy_(restored[c][0])
                 if head.bias is not None:
                     head.bias[c].copy_(restored[c][1])
-    elif stage.head == "reset":
+    elif stage.head_change == "reset":
         head.subset(head.classes)  # same classes …
         with torch.no_grad():       # … fresh rows, initialised like nn.Linear
             fresh = type(head)(head.in_features, head.classes, head.normalized).to(head.weight.device)
@@ -33,31 +34,32 @@ def apply_head(model: nn.Module, stage: StageSpec, num_classes: int,
                 head.bias.copy_(fresh.bias)
 
 
-def trainable_modules(model: nn.Module, part: str) -> list[nn.Module]:
-    if part == "all":
+def trainable_modules(model: nn.Module, train: str) -> list[nn.Module]:
+    if train == "all":
         return [model]
-    if part == "classifier":
+    if train == "classifier":
         return [model.classifier]
-    if part == "last_block":
+    if train == "last_block":
         if not hasattr(model, "last_block"):
             raise ConfigError(f"train: last_block: model {type(model).__name__} has no last_block()")
         return [model.last_block(), model.classifier]
-    raise ConfigError(f"train: {part!r} is not one of all, classifier, last_block")
+    raise ConfigError(f"train: {train!r} is not one of all, classifier, last_block")
 
 
-def set_trainable(model: nn.Module, part: str) -> list[nn.Parameter]:
-    """Freeze everything outside `part`; return the parameters that train."""
+def set_trainable(model: nn.Module, train: str) -> list[nn.Parameter]:
+    """Freeze everything outside the part `train` names (all | classifier | last_block);
+    return the parameters that train."""
     model.requires_grad_(False)
-    for m in trainable_modules(model, part):
+    for m in trainable_modules(model, train):
         m.requires_grad_(True)
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def set_train_mode(model: nn.Module, part: str) -> None:
+def set_train_mode(model: nn.Module, train: str) -> None:
     """Frozen modules stay in eval mode, so their BatchNorm running statistics do not move
     (and Shake-Shake uses its deterministic evaluation mix in a frozen backbone)."""
     model.eval()
-    for m in trainable_modules(model, part):
+    for m in trainable_modules(model, train):
         m.train()
 
 
