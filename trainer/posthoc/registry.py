@@ -14,6 +14,7 @@ from trainer.errors import ConfigError
 from trainer.models.heads import FullLogits, Head
 
 _TABLE: dict[str, type["PosthocClassifier"]] = {}
+_LOADED: list[bool] = []
 
 
 class PosthocClassifier:
@@ -68,10 +69,11 @@ class HeadClassifier(PosthocClassifier):
 
 def table() -> dict[str, type[PosthocClassifier]]:
     """Every post-hoc classifier, by name (their modules are imported on first use)."""
-    if not _TABLE:
+    if not _LOADED:   # every module, even when some were imported directly before
         package = importlib.import_module("trainer.posthoc.classifiers")
         for module in pkgutil.iter_modules(package.__path__):
             importlib.import_module(f"{package.__name__}.{module.name}")
+        _LOADED.append(True)
     return dict(sorted(_TABLE.items()))
 
 

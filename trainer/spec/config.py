@@ -218,8 +218,9 @@ def _check_semantics(cfg: dict) -> None:
         raise ConfigError("data.num_workers: must be >= 0")
     if cfg["optim"]["grad_accum"] < 1:
         raise ConfigError("optim.grad_accum: must be >= 1")
-    for name in ("crt", "lws"):
-        _check_length(f"posthoc.{name}", cfg["posthoc"][name])
+    for name, sec in cfg["posthoc"].items():
+        if any(k in sec for k in LENGTHS):
+            _check_length(f"posthoc.{name}", sec)
     names = set()
     for i, st in enumerate(cfg["stages"]):
         where = f"stages.{i}"

@@ -31,15 +31,16 @@ REBALANCING_LOSSES = ("cb", "balanced_softmax")
 
 @dataclass(frozen=True)
 class OptimSpec:
-    """A stage's optimizer settings: the global `optim` with the stage's `optim` on top."""
-    lr: float
-    momentum: float
-    nesterov: bool
-    weight_decay: float
-    warmup_epochs: float
-    schedule: str
-    min_lr: float
-    grad_accum: int
+    """A stage's optimizer settings: the global `optim` with the stage's `optim` on top. The
+    defaults are the recipe's (trainer.spec.schema reads them from here)."""
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 0.0
+    schedule: str = "cosine"          # cosine | constant
+    min_lr: float = 0.0
+    grad_accum: int = 1
 
 
 @dataclass(frozen=True)

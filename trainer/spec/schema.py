@@ -7,11 +7,16 @@ trainer.spec.config validates recipes against it; trainer.spec.resolve resolves 
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass
 from typing import Any
 
+from datasets.augment import ROTATIONS, AugmentSpec
+from datasets.sampling import KINDS as SAMPLING_KINDS
+from datasets.sampling import SamplingSpec
 from trainer.posthoc.registry import table
+from trainer.spec.resolve import OptimSpec
 
 REQUIRED = object()  # default meaning "must be given"
 
@@ -35,49 +40,31 @@ def auto_bool(default="auto") -> Field:
     return field((bool, str), default, [True, False, "auto"])
 
 
-def section(options: type) -> dict[str, Field]:
+def section(options: type, **overrides: Field) -> dict[str, Field]:
     """A schema section read from a dataclass of options: its types, defaults and choices
-    (`dataclasses.field(metadata={"choices": ...})`), so the defaults have one home."""
+    (`dataclasses.field(metadata={"choices": ...})`), so the defaults have one home.
+    `overrides` replace the fields whose recipe form differs (e.g. `auto` where the code takes a bool)."""
     hints = typing.get_type_hints(options)
     out = {}
     for f in dataclasses.fields(options):
-        args = typing.get_args(hints[f.name]) or (hints[f.name],)
-        types = tuple(a for a in args if a is not type(None))
-        out[f.name] = field(types, f.default, f.metadata.get("choices"), type(None) in args)
+        args = typing.get_args(hints[f.name]) if typing.get_origin(hints[f.name]) in (typing.Union, types.UnionType) \
+            else (hints[f.name],)
+        kinds = tuple(typing.get_origin(a) or a for a in args if a is not type(None))
+        items = [typing.get_args(a)[0] for a in args if typing.get_origin(a) in (list, tuple)]
+        out[f.name] = overrides.get(f.name) or field(kinds, f.default, f.metadata.get("choices"), type(None) in args,
+                                                     items[0] if items else None)
     return out
 
 
 OPEN = "open"  # free-form dict, validated by its consumer (build_loss, metrics.group_classes)
 
-SAMPLER = {
-    "kind": field(str, "instance", ["instance", "class", "sqrt", "power", "progressive", "sequential"]),
-    "q": field(float, None, nullable=True),
-    "classes": field(list, None, nullable=True, item_type=int),
-    "per_class": field(int, None, nullable=True),
-    "epoch_size": field(int, None, nullable=True),
-    "redraw": field(str, None, ["epoch", "stage"], nullable=True),
-}
-AUGMENT = {
-    "rotate": field(str, "none", ["none", "free", "right"]),
-    "hflip": auto_bool(False),        # auto: when the mirror keeps the radar's look direction
-    "vflip": auto_bool(False),
-    "crop_scale": field(list, [1.0, 1.0], item_type=float),
-    "translate": field(int, 0),
-    "speckle": field(float, 0.0),
-    "brightness": field(float, 0.0),
-    "contrast": field(float, 0.0),
-}
-OPTIM = {
-    "lr": field(float, 0.1),
-    "momentum": field(float, 0.9),
-    "nesterov": field(bool, True),
-    "weight_decay": field(float, 5e-4),
-    "warmup_epochs": field(float, 0.0),
-    "schedule": field(str, "cosine", ["cosine", "constant"]),
-    "min_lr": field(float, 0.0),
-    "precision": field(str, "auto", ["auto", "no", "bf16", "fp16"]),
-    "grad_accum": field(int, 1),
-}
+SAMPLER = section(SamplingSpec, kind=field(str, "instance", SAMPLING_KINDS),
+                  redraw=field(str, None, ["epoch", "stage"], nullable=True))
+AUGMENT = section(AugmentSpec, rotate=field(str, "none", ROTATIONS),
+                  hflip=auto_bool(False), vflip=auto_bool(False),   # auto: when the mirror keeps the look direction
+                  crop_scale=field(list, [1.0, 1.0], item_type=float))
+OPTIM = {**section(OptimSpec, schedule=field(str, "cosine", ["cosine", "constant"])),
+         "precision": field(str, "auto", ["auto", "no", "bf16", "fp16"])}
 # Per-stage optimizer overrides: same keys, every one optional (None = take the global value).
 STAGE_OPTIM = {k: field(f.types, None, f.choices, True, f.item_type) for k, f in OPTIM.items()
                if k not in ("precision",)}
