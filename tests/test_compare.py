@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from trainer.commands import compare
-from trainer.spec.config import dump_yaml, load_config
+from trainer.spec.config import RECIPES_DIR, dump_yaml, load_config
 
 RECIPE = """\
 data: {{shards: {shards}, input_size: 24}}
@@ -178,7 +178,7 @@ def test_bad_arguments_are_one_clear_error(tmp_path: Path, monkeypatch, capsys, 
 @pytest.mark.slow
 def test_compare_with_a_real_tiny_run(tmp_path: Path, tiny_shards: Path) -> None:
     pytest.importorskip("datasets.stream")
-    recipe = Path(compare.__file__).parent / "recipes" / "decoupled_mini.yaml"
+    recipe = RECIPES_DIR / "decoupled_mini.yaml"
     root = tmp_path / "runs"
     cmd = [sys.executable, "-m", "trainer", "compare", str(recipe), f"data.shards={tiny_shards}",
            "stages.0.epochs=1", "model.width=4", "data.batch_size=16", "data.num_workers=0",

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from trainer.commands import embedding, plots, report
+from trainer.spec.config import RECIPES_DIR
 
 STAGES = ["joint", "no_class0", "balanced"]
 COUNTS = [40, 12, 6, 3]  # the tiny_shards fixture's class profile
@@ -200,7 +201,7 @@ def test_report_features_skipped_without_val_split(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_report_on_a_real_tiny_run(tmp_path: Path, tiny_shards: Path) -> None:
     pytest.importorskip("datasets.stream")
-    recipe = Path(report.__file__).parent / "recipes" / "three_stage_mini.yaml"
+    recipe = RECIPES_DIR / "three_stage_mini.yaml"
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "trainer", "--config", str(recipe), f"data.shards={tiny_shards}",
            f"run.dir={run}", *TINY_OVERRIDES]
