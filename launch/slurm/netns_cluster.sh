@@ -18,7 +18,14 @@ NET="${NET:-10.222.0}"
 CONF="$STATE/slurm.conf"
 
 ns_log() { echo "two_node: $*" >&2; }
-holder() { cat "$STATE/nodes/$1/holder.pid" 2>/dev/null; }
+holder() {  # the pid holding NODE's namespaces; fails when there is none (or a stale pid file)
+    local pid
+    pid="$(cat "$STATE/nodes/$1/holder.pid" 2>/dev/null)" && [ -n "$pid" ] || return 1
+    # A stale pid file could name an unrelated process now: only our `sleep`, never in our netns.
+    [ "$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" = "sleep infinity " ] || return 1
+    [ "$(readlink "/proc/$pid/ns/net")" != "$(readlink /proc/$$/ns/net)" ] || return 1
+    echo "$pid"
+}
 node_addr() { echo "$NET.${1#node}"; }
 
 in_node() {  # in_node NODE CMD...: run CMD inside the node (network, host name, mounts), here
@@ -44,8 +51,8 @@ ns_up() {  # the namespaces and the veth pair between them
         echo $! >"$dir/holder.pid"
     done
     for n in "${NODES[@]}"; do
-        for _ in $(seq 1 100); do [ -f "$STATE/nodes/$n/holder.ready" ] && break; sleep 0.1; done
-        [ -f "$STATE/nodes/$n/holder.ready" ] || { ns_log "namespaces of $n did not come up: $(cat "$STATE/nodes/$n/holder.err")"; return 1; }
+        for _ in $(seq 1 100); do holder "$n" >/dev/null && [ -f "$STATE/nodes/$n/holder.ready" ] && break; sleep 0.1; done
+        holder "$n" >/dev/null && [ -f "$STATE/nodes/$n/holder.ready" ] || { ns_log "namespaces of $n did not come up: $(cat "$STATE/nodes/$n/holder.err")"; return 1; }
     done
     # Both ends are called sar0, each in its own namespace (what GLOO_SOCKET_IFNAME names).
     in_node node1 ip link add sar0 type veth peer name sar0 netns "$(holder node2)" || return 1
@@ -119,17 +126,15 @@ daemons_up() {  # munged on both nodes (one key), slurmctld on node1, slurmd on 
 ns_pids() {  # processes in the network namespace of holder PID (the holder included)
     local want p
     want="$(readlink "/proc/$1/ns/net" 2>/dev/null)" || return 0
-    # A stale pid file could name an unrelated process now: never the namespace we run in.
-    [ "$want" != "$(readlink /proc/$$/ns/net)" ] || return 0
-    [ "$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null)" = "sleep infinity " ] || return 0
     for p in /proc/[0-9]*; do
         [ "$(readlink "$p/ns/net" 2>/dev/null)" = "$want" ] && echo "${p#/proc/}"
     done
 }
 
-stop_pidfile() {  # SIGTERM the daemon of PIDFILE, SIGKILL after 5 s
+stop_pidfile() {  # SIGTERM the daemon of PIDFILE (if it is one of ours), SIGKILL after 5 s
     local pid
     pid="$(cat "$1" 2>/dev/null)" || return 0
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$STATE/" || return 0
     kill "$pid" 2>/dev/null || return 0
     for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.25; done
     kill -9 "$pid" 2>/dev/null || true
@@ -137,13 +142,12 @@ stop_pidfile() {  # SIGTERM the daemon of PIDFILE, SIGKILL after 5 s
 
 ns_down() {  # idempotent: jobs, daemons, anything left in the namespaces, then the namespaces
     local n h pids
-    [ -n "$(holder node1)" ] && kill -0 "$(holder node1)" 2>/dev/null \
-        && in_node node1 scancel --quiet --user=root >/dev/null 2>&1
+    holder node1 >/dev/null && in_node node1 scancel --quiet --user=root >/dev/null 2>&1
     for n in "${NODES[@]}"; do stop_pidfile "$STATE/nodes/$n/slurmd.pid"; done
     stop_pidfile "$STATE/nodes/node1/slurmctld.pid"
     for n in "${NODES[@]}"; do stop_pidfile "$STATE/nodes/$n/munge/munged.pid"; done
     for n in "${NODES[@]}"; do
-        h="$(holder "$n")" && kill -0 "$h" 2>/dev/null || continue
+        h="$(holder "$n")" || continue
         pids="$(ns_pids "$h")"
         # shellcheck disable=SC2086  # a list of pids
         [ -z "$pids" ] || { kill $pids 2>/dev/null; sleep 0.5; kill -9 $pids 2>/dev/null; }
