@@ -6,7 +6,9 @@ the group accuracies) shared by the printed table, the report and `compare`.
 from __future__ import annotations
 
 import math
+import os
 import platform
+import socket
 from pathlib import Path
 
 import torch
@@ -65,7 +67,7 @@ def banner(setup, sizes: dict[str, int]) -> dict:
     devices = gather_object([f"rank {acc.process_index}: {_device_name(acc.device)}"])
     info = {
         "run_dir": str(setup.run_dir), "recipe": setup.cfg["run"]["recipe"],
-        "world_size": acc.num_processes, "devices": list(devices),
+        "world_size": acc.num_processes, "devices": list(devices), **_where(),
         "precision": acc.mixed_precision, "loader": setup.streams.kind,
         "input_size": recipe.input_size, "model": recipe.model, "range_axis": recipe.range_axis,
         "tta_views": list(recipe.tta_views),
@@ -92,7 +94,22 @@ def format_banner(info: dict) -> str:
              f"  data: {sizes}; radar range axis {info['range_axis']}; TTA {'+'.join(info['tta_views'])}",
              f"  stages: {stages}"]
     lines += [f"  note: {n}" for n in info["notes"]]
-    return "\n".join(lines)
+    return "\n".join(lines[:1] + [_format_where(info)] + lines[1:])
+
+
+def _where() -> dict:
+    """Collective: each rank's host name, and the rendezvous head (MASTER_ADDR:MASTER_PORT) as
+    that rank sees it ("" with one process): what to compare first when nodes do not meet."""
+    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT", "")
+    head = f"{addr}:{port}" if addr else ""
+    got = gather_object([(socket.gethostname(), head)])
+    return {"hosts": [h for h, _ in got], "master": [m for _, m in got]}
+
+
+def _format_where(info: dict) -> str:
+    hosts, master = info.get("hosts", []), info.get("master", [])
+    return "  hosts: " + ", ".join(f"rank {r} {h}" + (f" (head {m})" if m else "")
+                                   for r, (h, m) in enumerate(zip(hosts, master)))
 
 
 def _device_name(device: torch.device) -> str:
