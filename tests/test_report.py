@@ -193,7 +193,7 @@ def test_report_features_skipped_without_val_split(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run")  # data.shards does not exist
     add_stage_weights(run)
     loaded = report.load_run(run)
-    lines = report.section_features(loaded, tmp_path, ["0", "1", "2", "3"], "cpu", 10)
+    lines = report.section_features(loaded, tmp_path, ["0", "1", "2", "3"], 10)
     assert len(lines) == 1 and "Skipped: no validation chips" in lines[0] and "/nonexistent/shards" in lines[0]
     assert not list(tmp_path.glob("*.png"))
 
@@ -233,7 +233,7 @@ def test_lda_view_drawn_when_there_are_enough_chips(tmp_path: Path, tiny_shards:
     monkeypatch.setattr(embedding, "LDA_MIN_SAMPLES_PER_DIM", 0)
     out = tmp_path / "out"
     out.mkdir()
-    md = report.section_features(report.load_run(run), out, ["0", "1", "2", "3"], "cpu", 200)
+    md = report.section_features(report.load_run(run), out, ["0", "1", "2", "3"], 200)
     assert "![features LDA](features_lda.png)" in md
     assert_real_png(out / "features_lda.png")
     assert_real_png(out / "features_pca.png")

@@ -5,44 +5,33 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from datasets.stream import ShardStream
-from datasets.stream_spec import StreamSpec
 from trainer.commands import plots
+from trainer.commands.predict import run_evaluator
 from trainer.train.checkpoint import load_weights
 from trainer.errors import ConfigError
 
 LDA_MIN_SAMPLES_PER_DIM = 5
 
 
-def collect_val_chips(shards: str, input_size: int, max_per_class: int):
-    """Up to `max_per_class` validation chips per class, normalised as the trainer feeds them."""
-    stream = ShardStream(shards, "val", StreamSpec.sequential(256, input_size))
-    want = np.minimum(np.asarray(stream.class_counts), max_per_class)
-    have = np.zeros_like(want)
-    xs, ys = [], []
-    for images, labels, _ in stream:
-        keep = []
-        for j, c in enumerate(labels.tolist()):
-            if have[c] < want[c]:
-                have[c] += 1
-                keep.append(j)
-        if keep:
-            xs.append(images[keep])
-            ys.append(labels[keep])
-        if (have >= want).all():
-            break
-    if not xs:
-        raise ConfigError(f"{shards}: the val split is empty")
-    return torch.cat(xs), torch.cat(ys).numpy()
+def first_per_class(labels: np.ndarray, max_per_class: int) -> np.ndarray:
+    """Positions of the first `max_per_class` samples of every class (in sample id order)."""
+    keep, seen = [], {}
+    for j, c in enumerate(labels.tolist()):
+        if seen.get(c, 0) < max_per_class:
+            seen[c] = seen.get(c, 0) + 1
+            keep.append(j)
+    return np.asarray(keep, dtype=np.int64)
 
 
-def stage_features(model, x, device, batch: int = 256) -> np.ndarray:
-    model = model.to(device).eval()
-    with torch.inference_mode():
-        return torch.cat([model.features(x[i:i + batch].to(device)).float().cpu()
-                          for i in range(0, len(x), batch)]).numpy()
+def stage_features(evaluator, model, max_per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """Features (one unaugmented view) and labels of up to `max_per_class` validation chips per
+    class through `model`'s backbone, computed by the run's Evaluator."""
+    out = evaluator.outputs(model.to(evaluator.accelerator.device), "val", features=True)
+    if len(out.labels) == 0:
+        raise ConfigError("the val split is empty")
+    keep = first_per_class(out.labels, max_per_class)
+    return out.features[keep], out.labels[keep]
 
 
 def pca_2d(f: np.ndarray) -> np.ndarray:
@@ -71,22 +60,22 @@ def lda_2d(f: np.ndarray, y: np.ndarray) -> np.ndarray:
     return f @ (white @ vecs[:, ::-1][:, :2])
 
 
-def section_features(run, out: Path, labels: list[str], device, max_per_class: int) -> list[str]:
+def section_features(run, out: Path, labels: list[str], max_per_class: int) -> list[str]:
     """The report section (markdown lines); `run` is a report.RunFolder."""
     if not run.stage_dirs:
         return ["_Skipped: no stage weights (RUN/stages/<i>-<name>/model.pt)._"]
     if not (run.config.get("data") or {}).get("shards"):
         return ["_Skipped: config.yaml names no data.shards._"]
     try:
-        _, info = load_weights(list(run.stage_dirs.values())[-1])
-        x, y = collect_val_chips(run.config["data"]["shards"], info["input_size"], max_per_class)
+        _, evaluator = run_evaluator(run.root)
+        evaluator.stream("val")
     except Exception as e:  # noqa: BLE001 - no val split, shards moved: note it, keep the report
         return [f"_Skipped: no validation chips to embed ({e})._"]
     names = run.stage_names()
     pca, lda, notes = [], [], []
     for i, d in run.stage_dirs.items():
         try:
-            f = stage_features(load_weights(d)[0], x, device)
+            f, y = stage_features(evaluator, load_weights(d)[0], max_per_class)
         except Exception as e:  # noqa: BLE001
             notes.append(f"_Stage {i} ({d.name}) skipped: {e}_")
             continue

@@ -16,7 +16,7 @@ from trainer.spec.config import load_run_config
 from trainer.errors import ConfigError
 from trainer.evaluate.evaluator import Evaluator
 from trainer.posthoc.fit import load_classifier
-from trainer.preflight import prepare
+from trainer.preflight import Setup, prepare
 from trainer.run import make_evaluator, stage_dir
 from trainer.evaluate.ood import SCORES, ood_score
 from trainer.evaluate.scoring import Scorer, score_views
@@ -43,17 +43,24 @@ def load_scorer(run_dir: Path, classifier: str = MODEL) -> tuple[Scorer, dict]:
     return Scorer(model, clf, views, info["num_classes"]).eval(), info
 
 
+def run_evaluator(run_dir: Path) -> tuple[Setup, Evaluator]:
+    """A finished run's shards and evaluation (streams, TTA views, groups) as training had them;
+    no trackers, and the run folder is left as it is."""
+    cfg = load_run_config(run_dir)
+    cfg["run"]["dir"] = str(run_dir)   # where it is now (a moved folder too)
+    setup = prepare(cfg, trackers=False, check_run=False)
+    return setup, make_evaluator(setup)
+
+
 def evaluate_run(run_dir: str | Path, split: str = "val", as_json: bool = False,
                  classifier: str = MODEL) -> int:
     run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir)
-    setup = prepare(cfg, trackers=False, check_run=False)
+    setup, evaluator = run_evaluator(run_dir)
     if split not in setup.index.splits:
-        raise ConfigError(f"--split {split}: the shards at {cfg['data']['shards']} have splits "
+        raise ConfigError(f"--split {split}: the shards at {setup.cfg['data']['shards']} have splits "
                           f"{', '.join(setup.index.splits)}")
     scorer, _ = load_scorer(run_dir, classifier)
     scorer.to(setup.accelerator.device)
-    evaluator: Evaluator = make_evaluator(setup)
     ev = evaluator.evaluate(scorer.model, split, scorer.classifier)
     final = {split: ev}
     if "ood" in setup.index.splits and split != "ood":

@@ -262,12 +262,12 @@ def write_report(run: RunFolder, *, features: bool = True, inference: bool = Tru
           "## Per-class accuracy", "", *section_per_class(run, out, labels, counts), "",
           "## Confusion matrix (final model)", "", *section_confusion(run, out, labels), "",
           "## Features after each stage (seed 000, Figure 2)", ""]
-    md += section_features(run, out, labels, dev, max_per_class) if features else ["_Skipped (--no-features)._"]
+    md += section_features(run, out, labels, max_per_class) if features else ["_Skipped (--no-features)._"]
     md += ["", "## Training curves", "", *section_curves(run, out), "",
            "## Post-hoc classifiers", "", *section_classifiers(run, out), "",
            "## Inference", ""]
     md += section_inference(run, out, dev, large_batch, repeats) if inference else ["_Skipped (--no-inference)._"]
-    md += ["", "## Out-of-distribution scores", "", *section_ood(run, out, dev)]
+    md += ["", "## Out-of-distribution scores", "", *section_ood(run, out)]
     if run.notes:
         md += ["", "## Notes", "", *[f"- {n}" for n in run.notes]]
     write_atomic(out / "report.md", "\n".join(md) + "\n")

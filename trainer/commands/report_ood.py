@@ -9,36 +9,28 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from datasets.resident import ResidentStream
-from datasets.stream_spec import StreamSpec
 from trainer.commands import plots
+from trainer.commands.predict import load_scorer, run_evaluator
 from trainer.evaluate.ood import SCORES, auroc, ood_score
-from trainer.commands.predict import load_scorer
-from trainer.evaluate.scoring import score_views
 
 
-def split_logits(scorer, shards: str, split: str, size: int, device) -> np.ndarray:
-    stream = ResidentStream(shards, split, StreamSpec.sequential(256, size), device=device)
-    out = []
-    with torch.no_grad():
-        for images, _, _ in stream:
-            out.append(score_views(scorer.model, [scorer.classifier], images, scorer.views, mean_logits=True)[0][1])
-    return torch.cat(out).cpu().numpy()
+def mean_logits(evaluator, scorer, split: str) -> np.ndarray:
+    """The logits averaged over the run's TTA views, per chip of `split` (the OOD scores' input)."""
+    return evaluator.outputs_all(scorer.model, split, {"m": scorer.classifier}, mean_logits=True)["m"].mean_logits
 
 
-def section_ood(run, out: Path, device) -> list[str]:
+def section_ood(run, out: Path) -> list[str]:
     """Markdown lines (`run` is a report.RunFolder)."""
     ood = (run.metrics.get("final") or {}).get("ood")
     if not ood:
         return ["_Skipped: the shards have no `ood` split (build one with `shards build … --split ood --unlabeled`)._"]
     try:
-        scorer, info = load_scorer(run.root)
-        scorer.to(device).eval()
-        shards = run.config["data"]["shards"]
-        known = split_logits(scorer, shards, ood["known_split"], info["input_size"], device)
-        unknown = split_logits(scorer, shards, ood["unknown_split"], info["input_size"], device)
+        _, evaluator = run_evaluator(run.root)
+        scorer, _ = load_scorer(run.root)
+        scorer.to(evaluator.accelerator.device)
+        known = mean_logits(evaluator, scorer, ood["known_split"])
+        unknown = mean_logits(evaluator, scorer, ood["unknown_split"])
     except Exception as e:  # noqa: BLE001 - shards moved, weights missing: note it, keep the report
         return [f"_Skipped: could not score the chips again ({e})._"]
     k = {s: ood_score(known, s) for s in SCORES}
