@@ -1,6 +1,26 @@
-"""The one error type for bad input in `shards` and `datasets`."""
+"""The one error type for bad input in `shards` and `datasets`, and its kind for a storage that
+cannot be written (read-only, full, no permission): both end a CLI with one line and exit 2."""
 from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+# OSErrors that say something about the environment (not a bug): reported in one line.
+STORAGE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                  errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                  errno.EPERM: "operation not permitted", errno.EIO: "input/output error"}
 
 
 class DataError(ValueError):
     """Bad input data; the message starts with the offending file path and says what is wrong."""
+
+
+class StorageError(DataError):
+    """A file or folder cannot be written or read for a reason of the storage, not the data."""
+
+
+def storage_error(e: OSError, path: Path | str, what: str) -> Exception:
+    """`e` as one line naming `path` when it is a storage problem, else `e` itself (a bug)."""
+    if e.errno not in STORAGE_ERRNOS:
+        return e
+    return StorageError(f"{path}: {what}: {STORAGE_ERRNOS[e.errno]} ({e.strerror or e})")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -16,12 +17,12 @@ from typing import Any, BinaryIO
 import webdataset as wds
 
 from shards.atomic import write_atomic
-from shards.errors import DataError
+from shards.errors import DataError, storage_error
 from shards.layout import DEFAULT_LAYOUT, Layout
 from shards.members import MEMBER_FIELDS, column_name, member_ext
 from shards.pixels import inspect_chip
 from shards.raw import RawImage
-from shards.tarscan import dali_index_path, dali_index_text, scan_members
+from shards.tarscan import dali_index_path, dali_index_text, key_problem, scan_members
 
 TAR_MTIME = 0  # fixed member mtime: the same input gives byte-identical shards
 
@@ -65,6 +66,9 @@ def write_shard(plan: ShardPlan, out: Path, dali_index: bool, size_range: tuple[
     try:
         with open(tmp, "wb") as f:
             write_samples(plan, f, rec, size_range, layout)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise storage_error(e, tmp, "cannot write the shard") from None
     except BaseException:
         tmp.unlink(missing_ok=True)  # bad input or interrupt: leave no partial file behind
         raise
@@ -81,6 +85,16 @@ def write_shard(plan: ShardPlan, out: Path, dali_index: bool, size_range: tuple[
         write_atomic(dali_index_path(final), dali_index_text(members))
     os.replace(tmp, final)
     return rec
+
+
+def check_keys(images: Sequence[RawImage]) -> None:
+    """Every sample key can be a tar member name and a DALI index token; DataError naming the
+    first file whose key cannot (before any shard is written)."""
+    for im in images:
+        problem = key_problem(im.key)
+        if problem:
+            raise DataError(f"{im.path}: gives the sample key {im.key!r}, which a shard and its "
+                            f"DALI index cannot carry: {problem}; rename the file")
 
 
 def member_files(im: RawImage, layout: Layout) -> list[tuple[str, Path, int]]:
