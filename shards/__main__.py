@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shards.errors import DataError
+from shards.errors import DataError, printable
 from shards.index import ClassIndex, SplitIndex
 from shards.members import prefix
 from shards.pixels import DEFAULT_SIZE_RANGE
@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {printable(e)}", file=sys.stderr)  # one line, whatever the file names hold
         return 2
 
 
@@ -131,7 +131,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     r = verify(args.out)
     print(f"{args.out}: OK, {r.samples} samples in {r.shards} shards ({r.bytes / 1e6:.1f} MB) "
-          f"and {r.dali_indexes} DALI index files in {r.splits} splits match the index")
+          f"and {r.dali_indexes} DALI index files in {r.splits} splits match the index"
+          + ("" if r.sealed else "; the index has no checksum of its own (written by an older "
+             "builder: a rebuild into a new folder adds one)"))
     return 0
 
 

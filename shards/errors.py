@@ -3,6 +3,7 @@ cannot be written (read-only, full, no permission): both end a CLI with one line
 from __future__ import annotations
 
 import errno
+import re
 from pathlib import Path
 
 # OSErrors that say something about the environment (not a bug): reported in one line.
@@ -24,3 +25,8 @@ def storage_error(e: OSError, path: Path | str, what: str) -> Exception:
     if e.errno not in STORAGE_ERRNOS:
         return e
     return StorageError(f"{path}: {what}: {STORAGE_ERRNOS[e.errno]} ({e.strerror or e})")
+
+
+def printable(text: object) -> str:
+    """`text` with control characters (a newline in a file name) escaped: messages stay one line."""
+    return re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], str(text))

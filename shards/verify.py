@@ -24,13 +24,14 @@ class VerifyReport:
     samples: int = 0
     dali_indexes: int = 0
     bytes: int = 0
+    sealed: bool = False  # index.json carries a checksum, and it matched
 
 
 def verify(out: Path | str) -> VerifyReport:
     """Raise DataError naming the first inconsistency; return what was checked."""
     index = ClassIndex.load(out)
     builds = index.source.get("builds", [])
-    report = VerifyReport(splits=len(index.splits))
+    report = VerifyReport(splits=len(index.splits), sealed=index.sealed)
     for split in index.splits.values():
         made_by = next((b for b in builds if split.name in b.get("splits", [])), {})
         dali = made_by.get("dali_index", True)

@@ -30,6 +30,7 @@ from trainer.train.loop import EpochContext, train_epoch
 from trainer.losses import build_loss
 from trainer.models import build_model
 from trainer.train.preemption import install, stop_requested
+from trainer.train.run_lock import run_lock
 from trainer.preflight import Setup, prepare
 from trainer.spec.resolve import StageSpec
 from trainer.train.optim import Schedule, apply_head, build_optimizer, set_trainable
@@ -94,6 +95,11 @@ def new_model(setup: Setup) -> torch.nn.Module:
 def train(cfg: dict) -> int:
     """Train (or continue) the run described by `cfg`. Returns a process exit code."""
     setup = prepare(cfg)
+    with run_lock(setup.accelerator, setup.run_dir):  # one trainer per run folder
+        return _train_locked(cfg, setup)
+
+
+def _train_locked(cfg: dict, setup: Setup) -> int:
     run_dir, acc = setup.run_dir, setup.accelerator
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,7 @@ from trainer.evaluate.scoring import FullLogits
 from trainer.spec.resolve import HeadTrainingSpec, OptimSpec, StageSpec
 from trainer.train.optim import lr_at, set_lr
 from trainer.streams import per_rank_batch
+from trainer.train.tensor_files import load_tensors
 
 FOLDER = "classifiers"
 KINDS = {"crt": "head", "tau_norm": "head", "lws": "head", "ncm": "ncm"}
@@ -158,7 +159,7 @@ def load_classifier(folder: Path, name: str, feature_dim: int, num_classes: int)
         clf = NCM(feature_dim, num_classes, meta[name]["metric"])
     else:
         clf = FullLogits(Head(feature_dim, num_classes, meta[name].get("normalized", False)), num_classes)
-    state = torch.load(folder / FOLDER / f"{name}.pt", map_location="cpu", weights_only=True)
+    state = load_tensors(folder / FOLDER / f"{name}.pt")  # refused pickle, damaged, NaN: one line
     clf.load_state_dict(state)
     return clf.eval()
 
