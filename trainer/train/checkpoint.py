@@ -20,7 +20,7 @@ from shards.atomic import atomic_path, fsync_dir, fsync_file, write_atomic, writ
 from trainer.errors import TrainingError
 from trainer.models import build_model
 from trainer.train.tensor_files import (check_rng_restored, first_line, load_tensors, storage_errors,
-                                        unloadable_file)
+                                        unloadable_file, why_not_loaded)
 
 LAST = "last"
 TMP = ".tmp-last"
@@ -96,8 +96,7 @@ def load(accelerator, folder: Path, model: torch.nn.Module | None = None) -> Non
     except Exception as e:
         bad = unloadable_file(folder)
         if bad is not None:
-            raise TrainingError(f"{bad[0]}: checkpoint file refused ({type(bad[1]).__name__}: "
-                                f"{first_line(bad[1])})") from None
+            raise TrainingError(f"{bad[0]}: checkpoint file refused ({why_not_loaded(bad[1])})") from None
         if not isinstance(e, (RuntimeError, KeyError, ValueError)):
             raise
         raise TrainingError(f"{folder}: cannot load checkpoint into this model: "

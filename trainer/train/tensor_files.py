@@ -3,7 +3,9 @@ damaged file, weights that are not finite, random states a resume could not rest
 disk. Every message names the file; the CLIs print it as `error: ...` and exit 2."""
 from __future__ import annotations
 
+import pickle
 import random
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,8 +18,17 @@ from trainer.errors import TrainingError
 
 
 def first_line(e: BaseException) -> str:
-    text = str(e).strip()
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # torch colours its messages
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def why_not_loaded(e: BaseException) -> str:
+    """A torch.load failure in a few words: what `weights_only` refused, or the error."""
+    if isinstance(e, pickle.UnpicklingError):
+        m = re.search(r"GLOBAL ([\w.]+)", str(e))
+        return ("a pickle weights_only loading refuses: " +
+                (f"it references {m.group(1)}" if m else "not a plain tensor file"))
+    return f"{type(e).__name__}: {first_line(e)}"
 
 
 def load_tensors(path: Path, map_location: Any = "cpu", *, finite: bool = True) -> Any:
@@ -28,8 +39,7 @@ def load_tensors(path: Path, map_location: Any = "cpu", *, finite: bool = True) 
     except FileNotFoundError:
         raise TrainingError(f"{path}: missing") from None
     except Exception as e:  # UnpicklingError, RuntimeError (not a zip), EOFError ...
-        raise TrainingError(f"{path}: cannot be loaded as weights ({type(e).__name__}: "
-                            f"{first_line(e)})") from None
+        raise TrainingError(f"{path}: cannot be loaded as weights ({why_not_loaded(e)})") from None
     if finite:
         check_finite(state, path)
     return state
@@ -70,7 +80,7 @@ def check_rng_restored(folder: Path, process_index: int) -> None:
     try:
         states = load(path)
     except Exception as e:
-        raise TrainingError(f"{path}: random states cannot be loaded ({first_line(e)}); "
+        raise TrainingError(f"{path}: random states cannot be loaded ({why_not_loaded(e)}); "
                             "the run cannot be resumed exactly") from None
     try:
         same = (torch.equal(torch.get_rng_state(), states["torch_manual_seed"])
