@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,6 +232,28 @@ def test_second_trainer_on_a_live_run_folder(finished: Path, tmp_path: Path):
     assert r.returncode == 0, r.stderr
     assert f"taking over the lock left by python -m trainer (pid {holder.pid} " in r.stderr
     assert (run / "metrics.json").is_file() and not (run / ".lock").exists()
+
+
+@pytest.mark.slow
+def test_two_trainers_on_one_run_dir(finished: Path, tmp_path: Path):
+    """Trainer A runs; the same command again (trainer B) exits 2 naming A, and A goes on."""
+    run = tmp_path / "run"
+    cmd = [PYTHON, "-m", "trainer", "--config", RECIPE, f"data.shards={finished / 'shards'}", f"run.dir={run}",
+           *TINY, *recipe_overrides(RECIPE), "stages.0.epochs=200"]
+    a = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.time() + 120
+        while not ((run / ".lock").is_file() and f'"pid": {a.pid},' in (run / ".lock").read_text()):
+            assert a.poll() is None and time.time() < end, a.stderr.read() if a.poll() is not None else "slow"
+            time.sleep(0.05)
+        r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2, r.stderr
+        assert re.search(rf"error: {re.escape(str(run))}: in use by python -m trainer \(pid {a.pid} on ",
+                         r.stderr.strip().splitlines()[-1]), r.stderr
+        assert a.poll() is None           # the first trainer was not disturbed
+    finally:
+        a.send_signal(signal.SIGKILL)
+        a.wait()
 
 
 def test_lock_file_has_no_say_over_a_finished_process(finished: Path, tmp_path: Path):
