@@ -139,7 +139,7 @@ def check_not_foreign(out: Path) -> None:
 def check_split_folders(out: Path, names: list[str]) -> None:
     """Shards are written, and orphans deleted, only in split folders inside OUT (no link out)."""
     for name in names:
-        inside(out, name, out / name)
+        inside(out, name, out / name, "split folder")
 
 
 def load_existing(out: Path, unlabeled: bool = False) -> ClassIndex | None:

@@ -11,15 +11,14 @@ from pathlib import Path, PurePosixPath
 from shards.errors import DataError
 
 
-def inside(root: Path, rel: object, source: Path | str) -> Path:
+def inside(root: Path, rel: object, source: Path | str, what: str = "recorded path") -> Path:
     """`root / rel`, or DataError naming `source` when `rel` would leave `root`."""
     if not isinstance(rel, str) or not rel or "\x00" in rel or "\\" in rel:
-        raise DataError(f"{source}: recorded path {rel!r} is not a plain relative path; refused")
+        raise DataError(f"{source}: {what} {rel!r} is not a plain relative path; refused")
     parts = PurePosixPath(rel).parts
     if PurePosixPath(rel).is_absolute() or ".." in parts:
-        raise DataError(f"{source}: recorded path {rel!r} points outside {root}; refused")
+        raise DataError(f"{source}: {what} {rel!r} points outside {root}; refused")
     path = Path(root) / rel
     if not path.resolve().is_relative_to(Path(root).resolve()):
-        raise DataError(f"{source}: recorded path {rel!r} leads outside {root} through a link; "
-                        "refused")
+        raise DataError(f"{source}: {what} {rel!r} leads outside {root} through a link; refused")
     return path

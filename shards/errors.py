@@ -24,7 +24,7 @@ def storage_error(e: OSError, path: Path | str, what: str) -> Exception:
     """`e` as one line naming `path` when it is a storage problem, else `e` itself (a bug)."""
     if e.errno not in STORAGE_ERRNOS:
         return e
-    return StorageError(f"{path}: {what}: {STORAGE_ERRNOS[e.errno]} ({e.strerror or e})")
+    return StorageError(f"{path}: {what}: {STORAGE_ERRNOS[e.errno]}")
 
 
 def printable(text: object) -> str:
