@@ -14,7 +14,7 @@ import re
 import shutil
 import tarfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +55,6 @@ class Case:
     may_change: str = r"$^"                  # regex of relative paths allowed to change
     patch: Callable[[pytest.MonkeyPatch, Path], None] | None = None
     after: Callable[[Path], None] | None = None  # extra checks
-    extra: dict = field(default_factory=dict)
 
 
 def build_argv(tmp: Path, out: str = "out", *more: str) -> list[str]:

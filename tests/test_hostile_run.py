@@ -172,7 +172,7 @@ def copy_run(finished: Path, tmp: Path) -> Path:
     return run
 
 
-def run_cli(case: Case, argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
+def run_cli(case: Case, argv: list[str], capsys) -> tuple[int, str]:
     if case.isolated:
         r = subprocess.run([PYTHON, "-m", "trainer", *argv], cwd=REPO, capture_output=True, text=True,
                            timeout=300)
@@ -192,7 +192,7 @@ def test_hostile_run(case: Case, finished: Path, tmp_path: Path, monkeypatch, ca
     before = snapshot(tmp_path)
     if case.patch:
         case.patch(monkeypatch, tmp_path)
-    code, err = run_cli(case, argv, monkeypatch, capsys)
+    code, err = run_cli(case, argv, capsys)
     monkeypatch.undo()
     assert code == case.code, err
     lines = [x for x in err.splitlines() if x.startswith("error")]

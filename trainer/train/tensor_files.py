@@ -24,6 +24,8 @@ def first_line(e: BaseException) -> str:
 
 def why_not_loaded(e: BaseException) -> str:
     """A torch.load failure in a few words: what `weights_only` refused, or the error."""
+    if isinstance(e, FileNotFoundError):
+        return "the file is missing"
     if isinstance(e, pickle.UnpicklingError):
         m = re.search(r"GLOBAL ([\w.]+)", str(e))
         return ("a pickle weights_only loading refuses: " +
