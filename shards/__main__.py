@@ -127,7 +127,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     r = verify(args.out)
     print(f"{args.out}: OK, {r.samples} samples in {r.shards} shards ({r.bytes / 1e6:.1f} MB) "
-          f"and {r.dali_indexes} DALI index files in {r.splits} splits match the index")
+          f"and {r.dali_indexes} DALI index files in {r.splits} splits match the index"
+          + ("" if r.sealed else "; the index has no checksum of its own (written by an older "
+             "builder: a rebuild into a new folder adds one)"))
     return 0
 
 

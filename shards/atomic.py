@@ -1,5 +1,6 @@
 """The one way this project writes a file: to a temporary name beside it, flushed to disk, then
-renamed over the target, so a reader (or a crash) never sees a half-written file.
+renamed over the target, so a reader (or a crash) never sees a half-written file. A storage
+error (full disk, read-only folder) comes out as one `StorageError` line naming the target.
 
 `atomic_path` is the mechanism (for writers that want a path: `torch.save`, `fig.savefig`);
 `write_atomic` and `write_json` are the common cases built on it. Shard tars and the
@@ -14,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from shards.errors import storage_error
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -44,8 +47,11 @@ def atomic_path(path: Path | str, *, durable: bool = True) -> Iterator[Path]:
     `durable`), give it the usual file mode and rename it over `path`. On an error the
     temporary file is removed and the target is untouched."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise storage_error(e, path, "cannot write") from None
     os.close(fd)
     tmp = Path(name)
     try:
@@ -54,6 +60,9 @@ def atomic_path(path: Path | str, *, durable: bool = True) -> Iterator[Path]:
             fsync_file(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual file mode
         os.replace(tmp, path)
+    except OSError as e:  # a full disk or a read-only folder: one line naming the file
+        tmp.unlink(missing_ok=True)
+        raise storage_error(e, path, "cannot write") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

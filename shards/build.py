@@ -15,7 +15,8 @@ import multiprocessing as mp
 import os
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,10 @@ import numpy as np
 from tqdm import tqdm
 
 from shards import writer
+from shards.confine import inside
 from shards.errors import DataError
 from shards.index import INDEX_NAME, ClassIndex, ModalityStats, ShardInfo, SplitIndex
+from shards.lock import LOCK_NAME, hold
 from shards.layout import (DEFAULT_LAYOUT, Layout, check_matches_existing, check_modalities,
                            resolve_layout, resolve_modalities)
 from shards.members import MEMBER_FIELDS, column_name
@@ -55,32 +58,35 @@ def build_shards(raw: Path, out: Path, *, val_fraction: float = 0.1, seed: int =
     """
     check_options(val_fraction, shard_size, split, size_range, unlabeled, labels_csv)
     raw, out = Path(raw).resolve(), Path(out)
-    existing = load_existing(out, unlabeled)
-    mods = resolve_modalities(modalities, existing)
-    check_modalities(existing, raw, mods)
-    known = existing.classes if existing and (labels_csv or unlabeled) else None
-    listing = scan_raw(raw, labels_csv, known, modalities=mods, unlabeled=unlabeled)
-    if existing is not None and listing.classes != existing.classes:
-        raise DataError(f"{raw}: classes {listing.classes} differ from those of "
-                        f"{out / INDEX_NAME}: {existing.classes}")
-    layout = resolve_layout(listing.images, mods, mode, raw)
-    check_matches_existing(existing, raw, layout)
-    splits = {split: listing.images} if split else stratify(listing, val_fraction, seed)
-    record = build_record(listing, labels_csv, splits, val_fraction if not split else None,
-                          seed if not split else None, shard_size, size_range, dali_index,
-                          layout, unlabeled)
-    if existing is not None and already_built(existing, record):
-        return existing
-    plans = plan_shards(splits, shard_size)
-    protected = {s.path for sp in (existing.splits.values() if existing else []) for s in sp.shards}
-    state = BuildState(out, record["fingerprint"], protected)
-    records = run_plans(plans, out, state, workers=workers, dali_index=dali_index,
-                        size_range=size_range, quiet=quiet, layout=layout)
-    index = assemble(out, listing.classes, existing, splits, plans, records, record, layout)
-    remove_orphans(out, list(splits), plans, dali_index)
-    index.save()
-    state.finish()
-    return index
+    with out_lock(out):
+        existing = load_existing(out, unlabeled)
+        mods = resolve_modalities(modalities, existing)
+        check_modalities(existing, raw, mods)
+        known = existing.classes if existing and (labels_csv or unlabeled) else None
+        listing = scan_raw(raw, labels_csv, known, modalities=mods, unlabeled=unlabeled)
+        if existing is not None and listing.classes != existing.classes:
+            raise DataError(f"{raw}: classes {listing.classes} differ from those of "
+                            f"{out / INDEX_NAME}: {existing.classes}")
+        writer.check_keys(listing.images)
+        layout = resolve_layout(listing.images, mods, mode, raw)
+        check_matches_existing(existing, raw, layout)
+        splits = {split: listing.images} if split else stratify(listing, val_fraction, seed)
+        record = build_record(listing, labels_csv, splits, val_fraction if not split else None,
+                              seed if not split else None, shard_size, size_range, dali_index,
+                              layout, unlabeled)
+        if existing is not None and already_built(existing, record):
+            return existing
+        plans = plan_shards(splits, shard_size)
+        protected = {s.path for sp in (existing.splits.values() if existing else []) for s in sp.shards}
+        check_split_folders(out, list(splits))
+        state = BuildState(out, record["fingerprint"], protected)
+        records = run_plans(plans, out, state, workers=workers, dali_index=dali_index,
+                            size_range=size_range, quiet=quiet, layout=layout)
+        index = assemble(out, listing.classes, existing, splits, plans, records, record, layout)
+        remove_orphans(out, list(splits), plans, dali_index)
+        index.save()
+        state.finish()
+        return index
 
 
 def check_options(val_fraction: float, shard_size: int, split: str | None,
@@ -101,14 +107,45 @@ def check_options(val_fraction: float, shard_size: int, split: str | None,
         raise ValueError("an unlabeled split takes no labels CSV")
 
 
+@contextmanager
+def out_lock(out: Path) -> Iterator[None]:
+    """Hold OUT's lock for the whole build (`shards/lock.py`): a second build into OUT stops
+    with one line naming the first. A folder of something else is refused before the lock
+    file is put into it; an OUT this build created is removed again if it stays empty."""
+    check_not_foreign(out)
+    created = not out.exists()
+    try:
+        with hold(out, "shards build"):
+            yield
+    except BaseException:
+        if created:
+            try:
+                out.rmdir()
+            except OSError:
+                pass  # not empty: shards a rerun will reuse
+        raise
+
+
+def check_not_foreign(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder")
+    if (out / INDEX_NAME).exists() or (out / STATE_DIR).is_dir() or not out.is_dir():
+        return
+    if any(f.name != LOCK_NAME for f in out.iterdir()):
+        raise DataError(f"{out}: folder is not empty and holds no shard index; "
+                        "refusing to write shards into it")
+
+
+def check_split_folders(out: Path, names: list[str]) -> None:
+    """Shards are written, and orphans deleted, only in split folders inside OUT (no link out)."""
+    for name in names:
+        inside(out, name, out / name, "split folder")
+
+
 def load_existing(out: Path, unlabeled: bool = False) -> ClassIndex | None:
     if (out / INDEX_NAME).exists():
         return ClassIndex.load(out)
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out}: exists and is not a folder")
-    if out.is_dir() and not (out / STATE_DIR).is_dir() and any(out.iterdir()):
-        raise DataError(f"{out}: folder is not empty and holds no shard index; "
-                        "refusing to write shards into it")
+    check_not_foreign(out)
     if unlabeled:
         raise DataError(f"{out / INDEX_NAME}: no shard index; an unlabeled split is added to a "
                         "shard folder that holds labelled splits (build train/val first)")

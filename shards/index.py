@@ -8,7 +8,9 @@ loads as one grayscale `sar` modality, labelled.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,12 +18,17 @@ from typing import Any
 import numpy as np
 
 from shards.atomic import write_atomic
+from shards.confine import inside
 from shards.errors import DataError
 from shards.members import DEFAULT_MODALITIES, MEMBER_FIELDS, column_name, member_ext
 
 FORMAT = "sar-shards/1"
 INDEX_NAME = "index.json"
 # Column name -> numpy dtype of the per-sample arrays in a SplitIndex.
+# The index ends with its own checksum: sha256 of the text before it (closed with `}`). It
+# catches an index edited by hand or damaged (classes swapped, a split replaced), not a forger
+# who recomputes it. An index written before checksums has none and loads as before.
+_SEAL = re.compile(rb',"checksum":"sha256:([0-9a-f]{64})"\}\s*$')
 COLUMNS = {"label": np.int64, "shard": np.int64, "offset": np.int64, "size": np.int64,
            "crc32": np.uint32, "height": np.int32, "width": np.int32}
 
@@ -205,6 +212,7 @@ class ClassIndex:
     classes: list[str]
     splits: dict[str, SplitIndex]
     source: dict[str, Any] = field(default_factory=dict)
+    sealed: bool = False  # loaded with a matching checksum (or saved with one)
 
     @property
     def num_classes(self) -> int:
@@ -221,20 +229,26 @@ class ClassIndex:
         root = Path(root)
         path = root / INDEX_NAME
         try:
-            d = json.loads(path.read_text())
+            data = path.read_bytes()
+            d = json.loads(data)
         except FileNotFoundError:
             raise DataError(f"{path}: no shard index (build it with `python -m shards build`)") from None
         except (OSError, ValueError) as e:
             raise DataError(f"{path}: unreadable index: {e}") from None
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise DataError(f"{path}: not a shard index of format {FORMAT!r}")
+        sealed = check_seal(path, data, d)
         try:
             classes = [str(c) for c in d["classes"]]
             splits = {name: SplitIndex.from_json(name, root, s, len(classes))
                       for name, s in d["splits"].items()}
         except (KeyError, TypeError, ValueError) as e:
             raise DataError(f"{path}: malformed index ({type(e).__name__}: {e})") from None
-        return cls(root=root, classes=classes, splits=splits, source=dict(d.get("source", {})))
+        for split in splits.values():
+            for shard in split.shards:  # never read a file outside the shard folder
+                inside(root, shard.path, f"{path}: split {split.name!r}")
+        return cls(root=root, classes=classes, splits=splits, source=dict(d.get("source", {})),
+                   sealed=sealed)
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "classes": list(self.classes),
@@ -243,6 +257,25 @@ class ClassIndex:
 
     def save(self) -> None:
         """Write OUT/index.json atomically: readers see the old index or the new one, never half."""
-        path = self.root / INDEX_NAME
-        write_atomic(path, json.dumps(self.to_json(), separators=(",", ":")) + "\n")
+        write_atomic(self.root / INDEX_NAME, seal(self.to_json()))
+        self.sealed = True
+
+
+def seal(d: dict[str, Any]) -> str:
+    """The text of an index dict (any old checksum dropped) with its checksum as last key."""
+    body = json.dumps({k: v for k, v in d.items() if k != "checksum"}, separators=(",", ":"))
+    digest = hashlib.sha256(body.encode()).hexdigest()
+    return body[:-1] + f',"checksum":"sha256:{digest}"}}' + "\n"
+
+
+def check_seal(path: Path, data: bytes, d: dict[str, Any]) -> bool:
+    """True when the index carries a checksum that matches; False when it has none (written
+    before checksums); DataError when it does not match."""
+    if "checksum" not in d:
+        return False
+    m = _SEAL.search(data)
+    if m is None or hashlib.sha256(data[:m.start()] + b"}").hexdigest() != m.group(1).decode():
+        raise DataError(f"{path}: index changed after it was written (its checksum does not "
+                        "match); rebuild it or restore the copy the build wrote")
+    return True
 

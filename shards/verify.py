@@ -13,7 +13,8 @@ import numpy as np
 from shards.errors import DataError
 from shards.index import ClassIndex, SplitIndex
 from shards.raw import UNLABELED
-from shards.tarscan import dali_index_path, dali_index_text, group_samples, scan_members
+from shards.tarscan import (dali_index_path, group_samples, key_problem, parse_dali_index,
+                            scan_members)
 
 
 @dataclass
@@ -23,13 +24,14 @@ class VerifyReport:
     samples: int = 0
     dali_indexes: int = 0
     bytes: int = 0
+    sealed: bool = False  # index.json carries a checksum, and it matched
 
 
 def verify(out: Path | str) -> VerifyReport:
     """Raise DataError naming the first inconsistency; return what was checked."""
     index = ClassIndex.load(out)
     builds = index.source.get("builds", [])
-    report = VerifyReport(splits=len(index.splits))
+    report = VerifyReport(splits=len(index.splits), sealed=index.sealed)
     for split in index.splits.values():
         made_by = next((b for b in builds if split.name in b.get("splits", [])), {})
         dali = made_by.get("dali_index", True)
@@ -60,6 +62,10 @@ def check_columns(split: SplitIndex, num_classes: int) -> None:
         raise DataError(f"{where}: a label lies outside 0..{num_classes - 1}")
     if len(set(split.keys)) != len(split.keys):
         raise DataError(f"{where}: duplicate sample keys")
+    for key in split.keys:
+        problem = key_problem(key)
+        if problem:
+            raise DataError(f"{where}: sample key {key!r} cannot be carried by a DALI index: {problem}")
 
 
 def verify_shard(split: SplitIndex, j: int) -> int:
@@ -114,5 +120,12 @@ def verify_dali_index(split: SplitIndex, j: int) -> None:
     idx = dali_index_path(path)
     if not idx.is_file():
         raise DataError(f"{idx}: DALI index missing")
-    if idx.read_text() != dali_index_text(scan_members(path)):
+    try:
+        listed = parse_dali_index(idx.read_bytes().decode("ascii"), idx)
+    except UnicodeDecodeError:
+        raise DataError(f"{idx}: DALI index holds non-ASCII bytes") from None
+    except ValueError as e:
+        raise DataError(f"{e}; DALI cannot read it") from None
+    actual = [parts for _, parts in group_samples(scan_members(path))]
+    if listed != actual:
         raise DataError(f"{idx}: DALI index does not match its shard")

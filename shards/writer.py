@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -16,12 +17,12 @@ from typing import Any, BinaryIO
 import webdataset as wds
 
 from shards.atomic import write_atomic
-from shards.errors import DataError
+from shards.errors import DataError, printable, storage_error
 from shards.layout import DEFAULT_LAYOUT, Layout
 from shards.members import MEMBER_FIELDS, column_name, member_ext
 from shards.pixels import inspect_chip
 from shards.raw import RawImage
-from shards.tarscan import dali_index_path, dali_index_text, scan_members
+from shards.tarscan import Member, dali_index_path, dali_index_text, key_problem, scan_members
 
 TAR_MTIME = 0  # fixed member mtime: the same input gives byte-identical shards
 
@@ -59,15 +60,30 @@ def new_record(plan: ShardPlan, layout: Layout) -> dict[str, Any]:
 def write_shard(plan: ShardPlan, out: Path, dali_index: bool, size_range: tuple[int, int],
                 layout: Layout = DEFAULT_LAYOUT) -> dict[str, Any]:
     final = out / plan.path
-    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise storage_error(e, final.parent, "cannot create the split folder") from None
     tmp = final.with_name(final.name + ".tmp")
     rec = new_record(plan, layout)
     try:
         with open(tmp, "wb") as f:
             write_samples(plan, f, rec, size_range, layout)
+        members = finish_record(tmp, rec, layout)
+        if dali_index:
+            write_atomic(dali_index_path(final), dali_index_text(members))
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise storage_error(e, tmp, "cannot write the shard") from None
     except BaseException:
-        tmp.unlink(missing_ok=True)  # bad input or interrupt: leave no partial file behind
+        tmp.unlink(missing_ok=True)  # bad input, full disk or interrupt: no partial file left
         raise
+    os.replace(tmp, final)
+    return rec
+
+
+def finish_record(tmp: Path, rec: dict[str, Any], layout: Layout) -> list[Member]:
+    """Where each member landed in the written tar, its size and checksum; the members."""
     members = scan_members(tmp)
     where = {m.name: m for m in members}
     for m in layout.modalities:
@@ -77,10 +93,17 @@ def write_shard(plan: ShardPlan, out: Path, dali_index: bool, size_range: tuple[
         rec[column_name(layout.modalities, m, "size")] = [x.size for x in placed]
     rec["bytes"] = tmp.stat().st_size
     rec["sha256"] = sha256_file(tmp)
-    if dali_index:
-        write_atomic(dali_index_path(final), dali_index_text(members))
-    os.replace(tmp, final)
-    return rec
+    return members
+
+
+def check_keys(images: Sequence[RawImage]) -> None:
+    """Every sample key can be a tar member name and a DALI index token; DataError naming the
+    first file whose key cannot (before any shard is written)."""
+    for im in images:
+        problem = key_problem(im.key)
+        if problem:
+            raise DataError(f"{printable(im.path)}: gives the sample key {im.key!r}, which a shard "
+                            f"and its DALI index cannot carry: {problem}; rename the file")
 
 
 def member_files(im: RawImage, layout: Layout) -> list[tuple[str, Path, int]]:

@@ -25,7 +25,7 @@ from datasets.resident import load_pixels  # noqa: E402
 from datasets.stream_spec import StreamSpec, open_split  # noqa: E402
 from shards.access import SampleReader  # noqa: E402
 from shards.errors import DataError  # noqa: E402
-from shards.index import ClassIndex  # noqa: E402
+from shards.index import ClassIndex, seal  # noqa: E402
 
 S = 56
 STRONG = AugmentSpec(rotate="free", hflip=True, vflip=True, crop_scale=(0.6, 1.0), translate=3,
@@ -314,7 +314,7 @@ def corrupt_sample(root: Path, key: str) -> None:
         f.seek(offset)
         f.write(data)
     samples["crc32"][i] = zlib.crc32(bytes(data))
-    index_path.write_text(json.dumps(index))
+    index_path.write_text(seal(index))  # a consistent edit: checksum renewed
 
 
 def test_undecodable_sample_names_shard_and_key(shards, tmp_path):
@@ -334,7 +334,7 @@ def test_crc_mismatch_is_a_data_error_naming_the_shard(shards, tmp_path):
     root = shutil.copytree(shards, tmp_path / "shards")
     index = json.loads((root / "index.json").read_text())
     index["splits"]["train"]["samples"]["crc32"][0] ^= 1
-    (root / "index.json").write_text(json.dumps(index))
+    (root / "index.json").write_text(seal(index))
     s = stream(root, sampling=SamplingSpec(kind="sequential"))
     with pytest.raises(DataError, match="crc32"):
         collect(s)

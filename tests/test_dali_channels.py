@@ -26,6 +26,7 @@ from datasets.stream import ShardStream, make_loader  # noqa: E402
 from datasets.stream_spec import StreamSpec, open_split  # noqa: E402
 from conftest import CHANNEL_KINDS as KINDS  # noqa: E402
 from shards.errors import DataError  # noqa: E402
+from shards.index import seal
 
 S = 56
 STRONG = AugmentSpec(rotate="free", hflip=True, vflip=True, crop_scale=(0.6, 1.0), translate=3,
@@ -179,7 +180,7 @@ def test_resume_and_errors_with_several_channels(channel_sets, tmp_path):
         f.write(bytes(range(256)) * ((size - 80) // 256) + bytes((size - 80) % 256))
         f.seek(offset)
         samples["eo_crc32"][0] = zlib.crc32(f.read(size))
-    (copy / "index.json").write_text(json.dumps(index))
+    (copy / "index.json").write_text(seal(index))
     with pytest.raises(DataError, match=f"sample {samples['key'][0]} eo member does not decode"):
         list(DaliStream(copy, "train", spec(sampling=SamplingSpec(kind="sequential")), device="cpu"))
 

@@ -17,7 +17,7 @@ from shards.__main__ import main
 from shards.access import SampleReader
 from shards.build import build_shards
 from shards.errors import DataError
-from shards.index import ClassIndex
+from shards.index import ClassIndex, seal
 from shards.verify import verify
 
 COUNTS = (6, 4, 3)
@@ -287,7 +287,7 @@ def test_verify_catches_a_corrupted_eo_member(paired_shards, capsys):
     path = paired_shards / "index.json"
     d = json.loads(path.read_text())
     d["splits"]["train"]["shards"][0]["sha256"] = writer.sha256_file(shard)
-    path.write_text(json.dumps(d))
+    path.write_text(seal(d))
     with pytest.raises(DataError, match=f"sample {split.keys[1]}: {split.keys[1]}.eo.png crc32 mismatch"):
         verify(paired_shards)
     assert main(["verify", str(paired_shards)]) == 2
@@ -299,12 +299,12 @@ def test_verify_checks_eo_columns_and_members(paired_shards):
     good = path.read_text()
     d = json.loads(good)
     d["splits"]["val"]["samples"]["eo_offset"][0] += 512
-    path.write_text(json.dumps(d))
+    path.write_text(seal(d))
     with pytest.raises(DataError, match=r"eo\.png at offset"):
         verify(paired_shards)
     d = json.loads(good)
     d["splits"]["val"]["modalities"] = ["sar"]                               # the tar has more members
-    path.write_text(json.dumps(d))
+    path.write_text(seal(d))
     with pytest.raises(DataError, match=r"has members \['cls', 'eo.png', 'png'\], expected cls \+ png"):
         verify(paired_shards)
 

@@ -30,6 +30,7 @@ from trainer.train.loop import Hooks, train_epoch
 from trainer.losses import build_loss
 from trainer.models import build_model
 from trainer.train.preemption import install, stop_requested
+from trainer.train.run_lock import run_lock
 from trainer.preflight import Setup, prepare
 from trainer.spec.resolve import StageSpec
 from trainer.train.optim import build_optimizer
@@ -97,6 +98,11 @@ def train(cfg: dict, hooks: Hooks | None = None) -> int:
     """Train (or continue) the run described by `cfg`. Returns a process exit code. `hooks`:
     callbacks for tests (sample ids, injected failures, per-rank weights); the run adds its own."""
     setup = prepare(cfg)
+    with run_lock(setup.accelerator, setup.run_dir):  # one trainer per run folder
+        return _train_locked(cfg, setup, hooks)
+
+
+def _train_locked(cfg: dict, setup: Setup, hooks: Hooks | None) -> int:
     run_dir, acc = setup.run_dir, setup.accelerator
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,7 @@ from trainer.posthoc.registry import table
 from trainer.preflight import Setup
 from trainer.spec.resolve import StageSpec
 from trainer.streams import per_rank_batch
+from trainer.train.tensor_files import load_tensors
 
 FOLDER = "classifiers"
 
@@ -149,6 +150,6 @@ def load_classifier(folder: Path, name: str, feature_dim: int, num_classes: int)
         have = ", ".join(["model", *sorted(meta)])
         raise TrainingError(f"{folder}: no classifier {name!r} was fitted in this run (available: {have})")
     clf = kinds[name].empty(meta[name], feature_dim, num_classes)
-    state = torch.load(folder / FOLDER / f"{name}.pt", map_location="cpu", weights_only=True)
+    state = load_tensors(folder / FOLDER / f"{name}.pt")  # refused pickle, damaged, NaN: one line
     clf.load_state_dict(state)
     return clf.eval()

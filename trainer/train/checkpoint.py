@@ -19,6 +19,8 @@ import torch
 from shards.atomic import atomic_path, fsync_dir, fsync_file, write_atomic, write_json
 from trainer.errors import TrainingError
 from trainer.models import build_model
+from trainer.train.tensor_files import (check_rng_restored, first_line, load_tensors, storage_errors,
+                                        unloadable_file, why_not_loaded)
 
 LAST = "last"
 TMP = ".tmp-last"
@@ -59,9 +61,10 @@ def save(accelerator, run_dir: Path, progress: dict[str, Any], model: torch.nn.M
         shutil.rmtree(tmp, ignore_errors=True)
         root.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    if model is not None and accelerator.num_processes > 1:
-        torch.save(_bn_buffers(model), tmp / f"bn-rank{accelerator.process_index}.pt")
+    with storage_errors(tmp, "cannot write the checkpoint"):
+        accelerator.save_state(str(tmp))
+        if model is not None and accelerator.num_processes > 1:
+            torch.save(_bn_buffers(model), tmp / f"bn-rank{accelerator.process_index}.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_atomic(tmp / "progress.json", json.dumps(progress, indent=1))
@@ -85,16 +88,25 @@ def check_compatible(progress: dict, expected: dict, folder: Path) -> None:
 
 
 def load(accelerator, folder: Path, model: torch.nn.Module | None = None) -> None:
+    """Load a checkpoint; TrainingError naming the file that is refused (a pickle of other
+    objects, damaged), or the folder when it is from another model; the random states must
+    be restored (Accelerate would only log it)."""
     try:
         accelerator.load_state(str(folder))
-    except (RuntimeError, KeyError, ValueError) as e:
+    except Exception as e:
+        bad = unloadable_file(folder)
+        if bad is not None:
+            raise TrainingError(f"{bad[0]}: checkpoint file refused ({why_not_loaded(bad[1])})") from None
+        if not isinstance(e, (RuntimeError, KeyError, ValueError)):
+            raise
         raise TrainingError(f"{folder}: cannot load checkpoint into this model: "
-                            f"{str(e).splitlines()[0]}") from None
+                            f"{first_line(e)}") from None
+    check_rng_restored(folder, accelerator.process_index)
     own = folder / f"bn-rank{accelerator.process_index}.pt"
     if model is not None and accelerator.num_processes > 1 and own.is_file():
         # map to the CPU: load_state_dict copies into the buffers wherever they live ("cpu:0",
         # what a CPU rank calls its device, is no map_location torch knows)
-        model.load_state_dict(torch.load(own, map_location="cpu", weights_only=True), strict=False)
+        model.load_state_dict(load_tensors(own, map_location="cpu"), strict=False)
 
 
 def _bn_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -110,7 +122,7 @@ def model_signature(model, cfg_model: dict, head_classes: list[int]) -> dict:
 def save_weights(model, path: Path) -> None:
     """A model's state dict (on the CPU) to `path`, atomically: best epoch and stage weights."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
+    with storage_errors(path, "cannot write the weights"), atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
@@ -145,7 +157,7 @@ def load_weights(folder: Path) -> tuple[torch.nn.Module, dict]:
     except (OSError, ValueError) as e:
         raise TrainingError(f"{card_path(folder)}: missing or unreadable ({e})") from None
     model = build_model(info["model"], info["num_classes"])
-    state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+    state = load_tensors(folder / "model.pt")  # refused pickle, damaged, NaN: one line
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
