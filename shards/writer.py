@@ -166,10 +166,6 @@ def still_valid(plan: ShardPlan, prev: dict[str, Any], out: Path, dali_index: bo
         return False
 
 
-def read_raw(im: RawImage) -> bytes:
-    return read_file(im.path, im.bytes)
-
-
 def read_file(path: Path, nbytes: int) -> bytes:
     try:
         data = path.read_bytes()
