@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from shards import writer
 from shards.errors import DataError
+from shards.labels import display_names
 from shards.index import INDEX_NAME, ClassIndex, ModalityStats, ShardInfo, SplitIndex
 from shards.chips import ChipSpec
 from shards.layout import (DEFAULT_LAYOUT, Layout, check_matches_existing, check_modalities,
@@ -165,6 +166,8 @@ def build_record(listing: RawListing, labels_csv: Path | None,
             "images": len(listing.images), "ignored_files": len(listing.ignored),
             "ignored_examples": [p.name for p in listing.ignored[:3]],
             "names": "ntire" if listing.ntire else "any",
+            "class_names": display_names(listing.root, listing.classes) if labels_csv is None
+            and not unlabeled else None,
             "fingerprint": fingerprint}
 
 

@@ -94,3 +94,30 @@ def resolve_rows(rows: list[tuple[str, str, int]], found: list[Listed], path: Pa
         if im.key not in labels:
             raise DataError(f"{im.path}: no label row for this image in {path}")
     return labels, classes
+
+
+CLASS_NAMES_FILE = "classes.txt"     # RAW/classes.txt: a display name per class, in class order
+MANIFEST = "synth.json"              # the synthetic generator's record beside RAW (its "classes")
+
+
+def display_names(raw: Path, classes: list[str]) -> list[str] | None:
+    """Display names the data carries for numbered classes 0..C-1: one per line in
+    RAW/classes.txt, or the synthetic set's names (RAW/../synth.json). None when there are
+    none (the report then shows the class folder names) or the classes are already names."""
+    if classes != [str(i) for i in range(len(classes))]:
+        return None
+    names = None
+    if (raw / CLASS_NAMES_FILE).is_file():
+        names = [n.strip() for n in (raw / CLASS_NAMES_FILE).read_text().splitlines() if n.strip()]
+        if len(names) != len(classes):
+            raise DataError(f"{raw / CLASS_NAMES_FILE}: {len(names)} names for {len(classes)} classes")
+    elif (raw.parent / MANIFEST).is_file():
+        import json
+
+        try:
+            names = json.loads((raw.parent / MANIFEST).read_text()).get("classes")
+        except (ValueError, AttributeError):
+            return None
+        if not isinstance(names, list) or len(names) != len(classes):
+            return None
+    return [str(n) for n in names] if names else None

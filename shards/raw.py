@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shards.errors import DataError
-from shards.labels import read_labels, resolve_rows
+from shards.labels import CLASS_NAMES_FILE, read_labels, resolve_rows
 from shards.members import DEFAULT_MODALITIES
 from shards.names import (IMAGE_FORMATS, is_chip, is_image, is_ntire_name, is_safe_key,
                           natural_key, prefix, unique_keys)
@@ -235,7 +235,8 @@ def scan_class_folders(raw: Path, modalities: tuple[str, ...] = DEFAULT_MODALITI
     seen = {}
     trees = [walk(raw / name, seen) for name in classes]
     kind = decide_ntire([x for t in trees for x in t], modalities, ntire)
-    listing = RawListing(root=raw, classes=classes, images=[], ignored=[f.path for f in files],
+    listing = RawListing(root=raw, classes=classes, images=[],
+                         ignored=[f.path for f in files if f.name != CLASS_NAMES_FILE],
                          modalities=modalities, ntire=kind)
     for label, (name, tree) in enumerate(zip(classes, trees)):
         images, ignored = collect(tree, label, raw, kind, modalities)

@@ -183,3 +183,18 @@ def test_same_numbers_from_the_shared_reader(tmp_path):
     for f, pixels in stored(index, "train").items():
         assert np.array_equal(pixels, read_chip(raw / f, (raw / f).read_bytes(), expected=expected))
     assert to_uint8(np.full((4, 4), 7, np.uint16), "16-bit", "percentile").max() == 0   # flat chip
+
+
+def test_display_names_only_where_the_data_carries_them(tmp_path):
+    from conftest import write_raw
+
+    raw = write_raw(tmp_path / "a" / "raw", counts=(3, 3))
+    assert build(raw, tmp_path / "a" / "out").source["builds"][-1]["class_names"] is None
+    (raw / "classes.txt").write_text("sedan\nSUV\n")
+    rec = build(raw, tmp_path / "a" / "out2").source["builds"][-1]
+    assert rec["class_names"] == ["sedan", "SUV"] and rec["ignored_files"] == 0
+    raw = write_raw(tmp_path / "b" / "train_images", counts=(3, 3))
+    (tmp_path / "b" / "synth.json").write_text('{"classes": ["van", "bus"]}')   # the synthetic set's record
+    assert build(raw, tmp_path / "b" / "out").source["builds"][-1]["class_names"] == ["van", "bus"]
+    named = write_train(tmp_path / "c", per_class=2, classes=("2S1", "BMP2"))
+    assert build(named, tmp_path / "c" / "out").source["builds"][-1]["class_names"] is None
