@@ -185,7 +185,8 @@ def section_per_class(run: RunFolder, out: Path, labels: list[str], counts) -> l
     if not series:
         return ["_Skipped: metrics.json has no per-class validation accuracy._"]
     plots.per_class_accuracy(out / "per_class_accuracy.png", labels, counts, series,
-                             eval_group_classes(run.final_eval(split)))
+                             eval_group_classes(run.final_eval(split)),
+                             *(["Per-class test accuracy of the final model"] if split == "test" else []))
     return ["![per-class accuracy](per_class_accuracy.png)", "",
             f"Bars: {what}; classes ordered by training count; shading marks the head / middle / "
             "tail groups."]
@@ -196,7 +197,9 @@ def section_confusion(run: RunFolder, out: Path, labels: list[str]) -> list[str]
     cm = (run.final_eval(split) or {}).get("confusion")
     if not cm:
         return [f"_Skipped: metrics.json has no `final.{split}.confusion`._"]
-    plots.confusion_matrix(out / "confusion_matrix.png", labels, np.asarray(cm))
+    words = {"val": "validation"}.get(split, split)
+    plots.confusion_matrix(out / "confusion_matrix.png", labels, np.asarray(cm),
+                           f"Confusion matrix of the final model, {words} split (row-normalised)", words)
     return ["![confusion matrix](confusion_matrix.png)", "",
             f"On the {split} split ({int(np.asarray(cm).sum())} chips); rows: true class, columns: predicted."]
 
