@@ -185,7 +185,8 @@ class SplitIndex:
         modalities = [str(m) for m in d.get("modalities", DEFAULT_MODALITIES)]
         extra = {column_name(modalities, m, f): np.asarray(s[column_name(modalities, m, f)], dt)
                  for m in modalities[1:] for f, dt in MEMBER_FIELDS.items()}
-        if any(len(c) != len(s["key"]) for c in [*cols.values(), *extra.values()]):
+        files = [s["file"]] if "file" in s else []
+        if any(len(c) != len(s["key"]) for c in [*cols.values(), *extra.values(), *files]):
             raise ValueError(f"split {name!r}: sample columns differ in length")
         stats = {m: ModalityStats.from_json(x) for m, x in d.get("modality_stats", {}).items()}
         missing = [m for m in modalities[1:] if m not in stats]
