@@ -9,7 +9,7 @@ Intensity (`--intensity`), from the decoded values x of one chip:
   8-bit chips are stored unchanged.
 - `percentile`: the chip's own 1st..99th percentile stretched to 0..255 (16-bit SAR often uses a
   small part of its range).
-- `db`: 20·log10(x) (amplitude to decibels), then the same percentile stretch (float amplitude
+- `db`: 20·log10(x) (amplitude to decibels; negative values are an error), then the same percentile stretch (float amplitude
   spans several decades).
 - `auto`: linear for 8-bit, percentile for 16-bit, db for float32 chips.
 
@@ -101,7 +101,10 @@ def to_uint8(pixels: np.ndarray, depth: str, mapping: str) -> np.ndarray:
     elif mapping == "percentile":
         y = stretch(x)
     elif mapping == "db":
-        floor = max(float(x.max()), 1.0) * 1e-6       # zeros and negatives: 120 dB below the peak
+        if x.min() < 0:
+            raise ValueError(f"negative values (down to {x.min():.4g}), not amplitude: data already in "
+                             "dB? use --intensity percentile")
+        floor = max(float(x.max()), 1.0) * 1e-6       # zeros: 120 dB below the peak
         y = stretch(20.0 * np.log10(np.maximum(x, floor)))
     else:
         raise ValueError(f"unknown intensity mapping {mapping!r}")

@@ -159,8 +159,12 @@ def read_chip(path: Path, data: bytes, size_range: tuple[int, int] = DEFAULT_SIZ
               expected: ExpectedMode = GRAY, spec: ChipSpec = ChipSpec()) -> np.ndarray:
     """The stored chip of one image file: uint8 [H,W] (gray) or [H,W,3] (rgb)."""
     pixels = decode(path, data, size_range, expected)
-    return fit_size(to_uint8(pixels, expected.depth, spec.mapping(expected.depth)),
-                    spec.size_policy, spec.chip_size)
+    mapping = spec.mapping(expected.depth)
+    try:
+        chip = to_uint8(pixels, expected.depth, mapping)
+    except ValueError as e:
+        raise DataError(f"{path}: {e} (intensity {spec.intensity} -> {mapping})") from None
+    return fit_size(chip, spec.size_policy, spec.chip_size)
 
 
 def chip_bytes(path: Path, data: bytes, size_range: tuple[int, int] = DEFAULT_SIZE_RANGE,

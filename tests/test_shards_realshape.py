@@ -154,6 +154,10 @@ def test_bad_pixels_and_formats_name_the_file(tmp_path):
     with pytest.raises(DataError, match="1 non-finite pixel values") as e:
         build(raw, tmp_path / "out")
     assert str(e.value).startswith(str(nan))
+    save(nan, np.full((130, 130), -20.0, np.float32), "float")   # already in dB: not amplitude
+    with pytest.raises(DataError, match=r"negative values .* use --intensity percentile") as e:
+        build(raw, tmp_path / "out")
+    assert str(e.value).startswith(str(nan))
     save(nan, np.zeros((130, 130), np.uint8), "png")          # PNG bytes under a .tiff name
     with pytest.raises(DataError, match=r"not a TIFF \(found PNG\)"):
         build(raw, tmp_path / "out")
