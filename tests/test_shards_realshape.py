@@ -97,6 +97,12 @@ def test_flat_test_folder_with_a_csv_of_names(tmp_path):
     test = index.split("test")
     assert test.class_counts().tolist() == [3, 3, 3, 3]
     assert {f: index.classes[int(c)] for f, c in zip(test.files, test.labels)} == labels
+    ood = tmp_path / "ood"
+    for i, name in enumerate(("tank 1.jpeg", "Truck.JPG")):           # any names, unlabeled
+        save(ood / name, chip("T72", np.random.default_rng(i)), "jpeg")
+    index = build(ood, out, split="ood", unlabeled=True)
+    assert index.split("ood").files == ["Truck.JPG", "tank 1.jpeg"] and index.split("ood").num_unlabeled == 2
+    assert index.split("ood").keys == ["Truck", "tank_1"]
     (tmp_path / "bad.csv").write_text("file,class\nHB00000.jpeg,M1A1\n")
     with pytest.raises(DataError, match=r"bad\.csv:2: class_id 'M1A1' is not an integer nor one of"):
         build(tmp_path / "test", out, split="test2", labels_csv=tmp_path / "bad.csv")
