@@ -34,6 +34,7 @@ from datasets.stream import ShardStream, make_loader
 from datasets.stream_spec import StreamSpec, open_split
 from shards.errors import DataError, exit_on_error
 from shards.index import ClassIndex
+from shards.names import is_chip
 
 # Stage-3 style augmentation: everything on, so the bench measures the expensive path.
 STRONG = AugmentSpec(rotate="free", hflip=True, vflip=True, crop_scale=(0.6, 1.0), translate=4,
@@ -146,7 +147,7 @@ class KeepKeys:
 
     def __call__(self, path: str) -> bool:
         name = os.path.basename(path)
-        return name.startswith("SAR_") and name.endswith(".png") and name[:-4] in self.keys
+        return is_chip(name, "sar") and name[:-4] in self.keys
 
 
 def imagefolder_loader(raw: Path, keys: set[str], args: argparse.Namespace,

@@ -1,11 +1,10 @@
 """The NTIRE 2021 SAR track: class names, training counts and the raw folder layout."""
 from __future__ import annotations
 
-import re
 from os import PathLike
-from pathlib import PurePath
 
 from shards.errors import DataError
+from shards.names import ntire_id
 
 CLASS_NAMES: tuple[str, ...] = (
     "sedan", "SUV", "pickup truck", "van", "box truck", "motorcycle",
@@ -25,32 +24,28 @@ CHIP_SIDE_RANGE = (54, 60)         # min/max chip side in px, inclusive
 OOD_IMAGES = "ood_images"
 OOD_LIST = "ood_ids.txt"
 
-_SAR_NAME = re.compile(r"SAR_(\d+)\.png")
-_CHIP_NAME = re.compile(r"(?:SAR|EO)_(\d+)\.png")
-
-
 def is_sar_chip(name: str | PathLike[str]) -> bool:
     """True for `SAR_<digits>.png` (EO chips and anything else are not SAR chips)."""
-    return _SAR_NAME.fullmatch(PurePath(name).name) is not None
+    return ntire_id(name, "sar") is not None
 
 
 def image_id(path_or_name: str | PathLike[str]) -> int:
     """The number in `SAR_<id>.png`, as used in results.csv."""
-    match = _SAR_NAME.fullmatch(PurePath(path_or_name).name)
-    if match is None:
+    ident = ntire_id(path_or_name, "sar")
+    if ident is None:
         raise DataError(f"{path_or_name}: not a SAR chip name, expected SAR_<id>.png")
-    return int(match.group(1))
+    return ident
 
 
 def is_eo_chip(name: str | PathLike[str]) -> bool:
     """True for `EO_<digits>.png`, the optical twin of `SAR_<digits>.png`."""
-    name = PurePath(name).name
-    return name.startswith("EO_") and _CHIP_NAME.fullmatch(name) is not None
+    return ntire_id(name, "eo") is not None
 
 
 def chip_id(path_or_name: str | PathLike[str]) -> int:
     """The number in `SAR_<id>.png` or `EO_<id>.png` (a SAR chip and its twin share it)."""
-    match = _CHIP_NAME.fullmatch(PurePath(path_or_name).name)
-    if match is None:
+    ident = ntire_id(path_or_name, "sar")
+    ident = ntire_id(path_or_name, "eo") if ident is None else ident
+    if ident is None:
         raise DataError(f"{path_or_name}: not a chip name, expected SAR_<id>.png or EO_<id>.png")
-    return int(match.group(1))
+    return ident

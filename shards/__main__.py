@@ -8,9 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from shards.chips import INTENSITIES, SIZE_POLICIES, ChipSpec
 from shards.errors import DataError, exit_on_error
 from shards.index import ClassIndex, SplitIndex
-from shards.members import prefix
+from shards.names import prefix
 from shards.pixels import DEFAULT_SIZE_RANGE
 
 
@@ -23,12 +24,24 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m shards", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="raw folder -> WebDataset shards + index.json")
-    b.add_argument("raw", type=Path, help="RAW/<class>/SAR_*.png, or a flat folder with --labels")
+    b.add_argument("raw", type=Path, help="RAW/<class>/[any sub-folders/]<images>, or a flat "
+                   "folder with --labels (PNG, JPEG, TIFF or BMP; 8-bit, 16-bit or float32)")
     b.add_argument("out", type=Path)
     b.add_argument("--val-fraction", type=fraction, default=0.1, help="per class (default 0.1)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--split", help="write only this split (e.g. test) into OUT")
-    b.add_argument("--labels", type=Path, help="CSV image_id,class_id for a flat RAW folder")
+    b.add_argument("--labels", type=Path, help="CSV for a flat RAW folder: image_id,class_id "
+                   "(NTIRE ids) or file,class (file names, class names or ids)")
+    b.add_argument("--intensity", choices=INTENSITIES, default=None,
+                   help="how pixel values become the stored 8-bit chip: linear, percentile (1..99 "
+                        "per chip), db (20 log10, then percentile); auto (default): linear for "
+                        "8-bit, percentile for 16-bit, db for float32 chips")
+    b.add_argument("--size-policy", choices=SIZE_POLICIES, default=None,
+                   help="with --chip-size: crop (default; centre crop / edge pad), pad (zeros) or "
+                        "resize (lets chip size leak the label where it differs by class)")
+    b.add_argument("--chip-size", type=positive, default=None, metavar="N",
+                   help="store every chip at NxN by the size policy (default: their own size; "
+                        "training and predict centre-crop to the input size)")
     b.add_argument("--shard-size", type=positive, default=1000, help="max samples per shard")
     b.add_argument("--workers", type=positive, default=None, help="processes (default: cores)")
     b.add_argument("--no-dali-index", dest="dali_index", action="store_false",
@@ -101,7 +114,9 @@ def cmd_build(args: argparse.Namespace) -> int:
                          split=args.split, labels_csv=args.labels, shard_size=args.shard_size,
                          workers=args.workers, dali_index=args.dali_index,
                          size_range=tuple(args.size_range), quiet=args.quiet,
-                         modalities=args.modalities, mode=args.mode, unlabeled=args.unlabeled)
+                         modalities=args.modalities, mode=args.mode, unlabeled=args.unlabeled,
+                         intensity=args.intensity, size_policy=args.size_policy,
+                         chip_size=args.chip_size)
     seconds = time.perf_counter() - start
     last = index.source["builds"][-1]
     print(f"{args.out}: {last['images']} images from {last['raw']} in {seconds:.1f} s")
@@ -110,8 +125,12 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(f"  {name}: {len(s)} samples in {len(s.shards)} shards"
               + ("" if s.modalities == ["sar"] and s.channels == 1 else f" ({describe(s)})")
               + ("" if s.labeled else ", unlabeled"))
+    chip = ChipSpec.from_json(last.get("chip"))
+    for m, depth in (last.get("depths") or {}).items():
+        print(f"  {m}: {depth} {last['modes'][m]} chips; {chip.describe(depth)}")
     if last["ignored_files"]:
-        kinds = " or ".join(f"{prefix(m)}*.png" for m in index.splits[last["splits"][0]].modalities)
+        kinds = (" or ".join(f"{prefix(m)}*.png" for m in index.splits[last["splits"][0]].modalities)
+                 if last.get("names", "ntire") == "ntire" else "image files (.bmp .jpeg .jpg .png .tif .tiff)")
         print(f"  ignored {last['ignored_files']} files that are not {kinds} "
               f"(e.g. {', '.join(last['ignored_examples'])})")
     return 0

@@ -27,13 +27,15 @@ from tqdm import tqdm
 from shards import writer
 from shards.confine import inside
 from shards.errors import DataError
+from shards.labels import display_names
 from shards.index import INDEX_NAME, ClassIndex, ModalityStats, ShardInfo, SplitIndex
+from shards.chips import ChipSpec
 from shards.lock import LOCK_NAME, hold
 from shards.layout import (DEFAULT_LAYOUT, Layout, check_matches_existing, check_modalities,
-                           resolve_layout, resolve_modalities)
+                           resolve_layout, resolve_modalities, resolve_spec)
 from shards.members import MEMBER_FIELDS, column_name
-from shards.pixels import channel_stats
-from shards.raw import DEFAULT_SIZE_RANGE, UNLABELED, RawImage, RawListing, scan_raw
+from shards.pixels import DEFAULT_SIZE_RANGE, channel_stats
+from shards.raw import UNLABELED, RawImage, RawListing, scan_raw
 from shards.state import STATE_DIR, BuildState
 from shards.tarscan import dali_index_path
 from shards.writer import ShardPlan
@@ -47,14 +49,18 @@ def build_shards(raw: Path, out: Path, *, val_fraction: float = 0.1, seed: int =
                  shard_size: int = 1000, workers: int | None = None, dali_index: bool = True,
                  size_range: tuple[int, int] = DEFAULT_SIZE_RANGE,
                  quiet: bool = False, modalities: str | Sequence[str] | None = None,
-                 mode: str | Sequence[str] = "auto", unlabeled: bool = False) -> ClassIndex:
+                 mode: str | Sequence[str] = "auto", unlabeled: bool = False,
+                 intensity: str | None = None, size_policy: str | None = None,
+                 chip_size: int | None = None) -> ClassIndex:
     """Build (or finish, or confirm) the shards of `raw` in `out`; returns the new index.
 
     Without `split`: a stratified train/val split. With `split`: that one split, added to `out`.
     `modalities` ("sar", "eo" or "sar,eo"; default: those of the splits already in `out`, else
     sar) pairs the chips of each sample; `mode` (gray | rgb | auto, or one per modality) fixes
     the channels of each. `unlabeled` (with `split`, into an existing `out`): a flat folder of
-    chips of no class, stored with label -1.
+    chips of no class, stored with label -1. `intensity`, `size_policy` and `chip_size`
+    (shards/chips.py; default: those of the splits already in `out`, else auto and crop at the
+    chips' own size) say how each file becomes the stored 8-bit chip.
     """
     check_options(val_fraction, shard_size, split, size_range, unlabeled, labels_csv)
     raw, out = Path(raw).resolve(), Path(out)
@@ -68,7 +74,8 @@ def build_shards(raw: Path, out: Path, *, val_fraction: float = 0.1, seed: int =
             raise DataError(f"{raw}: classes {listing.classes} differ from those of "
                             f"{out / INDEX_NAME}: {existing.classes}")
         writer.check_keys(listing.images)
-        layout = resolve_layout(listing.images, mods, mode, raw)
+        spec = resolve_spec(intensity, size_policy, chip_size, existing, raw)
+        layout = resolve_layout(listing.images, mods, mode, raw, spec)
         check_matches_existing(existing, raw, layout)
         splits = {split: listing.images} if split else stratify(listing, val_fraction, seed)
         record = build_record(listing, labels_csv, splits, val_fraction if not split else None,
@@ -188,11 +195,16 @@ def build_record(listing: RawListing, labels_csv: Path | None,
         options["modalities"] = list(layout.modalities)
     if unlabeled:
         options["unlabeled"] = True
+    if layout.spec != ChipSpec():
+        options["chip"] = layout.spec.to_json()
     fingerprint = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()
     return {**options, **layout.record(), "unlabeled": unlabeled, "raw": str(listing.root),
             "labels_csv": str(Path(labels_csv).resolve()) if labels_csv else None,
             "images": len(listing.images), "ignored_files": len(listing.ignored),
             "ignored_examples": [p.name for p in listing.ignored[:3]],
+            "names": "ntire" if listing.ntire else "any",
+            "class_names": display_names(listing.root, listing.classes) if labels_csv is None
+            and not unlabeled else None,
             "fingerprint": fingerprint}
 
 
@@ -316,7 +328,8 @@ def split_index(name: str, out: Path, recs: list[dict[str, Any]], num_classes: i
         pixel_mean=first.pixel_mean, pixel_std=first.pixel_std,
         num_classes=num_classes, image_sizes=first.image_sizes, modalities=list(mods),
         channels=first.channels, pixel_mean_c=first.pixel_mean_c, pixel_std_c=first.pixel_std_c,
-        labeled=labeled, modality_stats=stats, extra=extra)
+        labeled=labeled, modality_stats=stats, extra=extra,
+        files=[f for r in recs for f in r.get("files", [])])
 
 
 def remove_orphans(out: Path, split_names: list[str], plans: list[ShardPlan],

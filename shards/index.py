@@ -114,6 +114,7 @@ class SplitIndex:
     labeled: bool = True  # False: no sample has a class (labels are all -1)
     modality_stats: dict[str, ModalityStats] = field(default_factory=dict)  # default: primary only
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # other members' columns: eo_offset ...
+    files: list[str] = field(default_factory=list)  # each sample's raw file, relative to the raw folder
 
     def __post_init__(self) -> None:
         self.modalities = list(self.modalities)
@@ -168,6 +169,8 @@ class SplitIndex:
             samples[col] = self._column(col).tolist()
         for col, values in self.extra.items():
             samples[col] = values.tolist()
+        if self.files:
+            samples["file"] = list(self.files)
         return {"num_samples": len(self), "class_counts": self.class_counts().tolist(),
                 "pixel_mean": self.pixel_mean, "pixel_std": self.pixel_std,
                 "image_sizes": dict(self.image_sizes),
@@ -189,7 +192,8 @@ class SplitIndex:
         modalities = [str(m) for m in d.get("modalities", DEFAULT_MODALITIES)]
         extra = {column_name(modalities, m, f): np.asarray(s[column_name(modalities, m, f)], dt)
                  for m in modalities[1:] for f, dt in MEMBER_FIELDS.items()}
-        if any(len(c) != len(s["key"]) for c in [*cols.values(), *extra.values()]):
+        files = [s["file"]] if "file" in s else []
+        if any(len(c) != len(s["key"]) for c in [*cols.values(), *extra.values(), *files]):
             raise ValueError(f"split {name!r}: sample columns differ in length")
         stats = {m: ModalityStats.from_json(x) for m, x in d.get("modality_stats", {}).items()}
         missing = [m for m in modalities[1:] if m not in stats]
@@ -201,7 +205,8 @@ class SplitIndex:
                    num_classes=num_classes, image_sizes=dict(d.get("image_sizes", {})),
                    modalities=modalities, channels=int(d.get("channels", 1)),
                    pixel_mean_c=d.get("pixel_mean_c"), pixel_std_c=d.get("pixel_std_c"),
-                   labeled=bool(d.get("labeled", True)), modality_stats=stats, extra=extra)
+                   labeled=bool(d.get("labeled", True)), modality_stats=stats, extra=extra,
+                   files=[str(f) for f in s.get("file", [])])
 
 
 @dataclass

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-MODALITY_PREFIX = {"sar": "SAR_", "eo": "EO_"}   # modality -> file name prefix in a raw folder
+from shards.names import MODALITY_PREFIX
+
 DEFAULT_MODALITIES = ("sar",)
 # Per-sample columns of one member -> numpy dtype.
 MEMBER_FIELDS = {"offset": np.int64, "size": np.int64, "crc32": np.uint32,
@@ -33,15 +34,6 @@ def parse_modalities(value: str | Sequence[str] | None) -> tuple[str, ...] | Non
     if len(set(names)) != len(names):
         raise ValueError(f"modality listed twice in {value!r}")
     return tuple(names)
-
-
-def prefix(modality: str) -> str:
-    return MODALITY_PREFIX[modality]
-
-
-def is_chip(name: str, modality: str) -> bool:
-    """`SAR_*.png` for sar, `EO_*.png` for eo."""
-    return name.startswith(MODALITY_PREFIX[modality]) and name.endswith(".png")
 
 
 def member_ext(modalities: Sequence[str], modality: str) -> str:

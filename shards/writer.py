@@ -20,7 +20,7 @@ from shards.atomic import write_atomic
 from shards.errors import DataError, printable, storage_error
 from shards.layout import DEFAULT_LAYOUT, Layout
 from shards.members import MEMBER_FIELDS, column_name, member_ext
-from shards.pixels import inspect_chip
+from shards.pixels import chip_bytes
 from shards.raw import RawImage
 from shards.tarscan import Member, dali_index_path, dali_index_text, key_problem, scan_members
 
@@ -49,9 +49,9 @@ def make_shard(plan: ShardPlan, prev: dict[str, Any] | None, out: Path, dali_ind
 
 def new_record(plan: ShardPlan, layout: Layout) -> dict[str, Any]:
     rec: dict[str, Any] = {"path": plan.path, "label": plan.label, "count": len(plan.images),
-                           "keys": [], "pixels": {}}
+                           "keys": [], "files": [], "pixels": {}}
     for m, channels in layout.channels.items():
-        for f in ("crc32", "height", "width"):
+        for f in ("crc32", "height", "width", "source_crc32"):
             rec[column_name(layout.modalities, m, f)] = []
         rec["pixels"][m] = {"n": 0, "sum": [0] * channels, "sq": [0] * channels}
     return rec
@@ -121,8 +121,10 @@ def write_samples(plan: ShardPlan, f: BinaryIO, rec: dict[str, Any],
         for im in plan.images:
             sample = {"__key__": im.key, "cls": str(plan.label).encode()}
             for (m, path, nbytes), expected in zip(member_files(im, layout), layout.modes):
-                data = read_file(path, nbytes)
-                info = inspect_chip(path, data, size_range, expected)  # the one decode per chip
+                # the one decode per chip; what is stored: shards/chips.py
+                source = read_file(path, nbytes)
+                data, info = chip_bytes(path, source, size_range, expected, layout.spec)
+                rec[column_name(mods, m, "source_crc32")].append(zlib.crc32(source))
                 sample[member_ext(mods, m)] = data
                 rec[column_name(mods, m, "crc32")].append(zlib.crc32(data))
                 rec[column_name(mods, m, "height")].append(info.height)
@@ -133,6 +135,7 @@ def write_samples(plan: ShardPlan, f: BinaryIO, rec: dict[str, Any],
                 px["sq"] = [a + b for a, b in zip(px["sq"], info.squares)]
             writer.write(sample)
             rec["keys"].append(im.key)
+            rec["files"].append(im.relative)
     finally:
         writer.close()  # also on error, while `f` is open: no late flush into a closed file
     f.flush()
@@ -157,7 +160,8 @@ def still_valid(plan: ShardPlan, prev: dict[str, Any], out: Path, dali_index: bo
                            != dali_index_text(scan_members(path))):
             return False
         for j, m in enumerate(layout.modalities):
-            crcs = prev[column_name(layout.modalities, m, "crc32")]
+            crcs = prev.get(column_name(layout.modalities, m, "source_crc32"),
+                            prev[column_name(layout.modalities, m, "crc32")])  # of the raw files
             if any(zlib.crc32(member_files(im, layout)[j][1].read_bytes()) != crc
                    for im, crc in zip(plan.images, crcs)):
                 return False

@@ -19,6 +19,7 @@ import torch
 from accelerate.utils import set_seed
 
 from datasets.stream_spec import normalizer_of
+from shards.layout import preprocess_record
 from shards.atomic import write_json
 from trainer.train import checkpoint
 from trainer.posthoc import fit as posthoc
@@ -35,7 +36,7 @@ from trainer.preflight import Setup, prepare
 from trainer.spec.resolve import StageSpec
 from trainer.train.optim import build_optimizer
 from trainer.train.transition import apply_head, set_train_mode, set_trainable
-from trainer.summary import banner, print_table
+from trainer.summary import banner, name_per_class, print_table
 
 
 @dataclass
@@ -302,6 +303,8 @@ def finish(run: Run) -> None:
         known = "test" if "test" in setup.index.splits else "val"
         final["ood"] = run.evaluator.ood(run.model, known, {"model": None, **run.fitted})
     metrics = {"classes": list(setup.index.classes), "stages": run.results, "final": final}
+    for ev in [final.get("val"), final.get("test")] + [r.get("val") for r in run.results]:
+        name_per_class(ev or {}, metrics["classes"])   # per-class results by class name
     if acc.is_main_process:
         write_json(setup.run_dir / "metrics.json", metrics)
         # metrics.json stays a function of the recipe; how long it took goes to run.json: the
@@ -324,7 +327,8 @@ def model_card(run: Run) -> dict:
             "input_size": run.setup.recipe.input_size, "tta_views": list(run.setup.recipe.tta_views),
             "modalities": list(train.modalities), "channels": run.setup.recipe.model["in_channels"],
             "pixel_mean": float(train.pixel_mean), "pixel_std": float(train.pixel_std),
-            "normalize": {"mean": norm.mean, "std": norm.std}, "classifiers": sorted(run.fitted)}
+            "normalize": {"mean": norm.mean, "std": norm.std}, "classifiers": sorted(run.fitted),
+            "preprocess": preprocess_record(run.setup.index, "train")}   # how predict reads files
 
 
 def _read_json(path: Path) -> dict:

@@ -19,6 +19,18 @@ from shards.atomic import write_json
 HEADLINE = ("top1", "balanced_acc", "head", "middle", "tail", "many", "medium", "few")
 
 
+def name_per_class(ev: dict, classes: list[str]) -> dict:
+    """Add `per_class` ({class name: accuracy}, beside the `per_class_acc` list) to an EVAL and
+    to its post-hoc classifiers' EVALs, so metrics.json reads by class name."""
+    acc = ev.get("per_class_acc")
+    if isinstance(acc, list) and len(acc) == len(classes):
+        ev["per_class"] = dict(zip(classes, acc))
+    for sub in (ev.get("classifiers") or {}).values():
+        if isinstance(sub, dict):
+            name_per_class(sub, classes)
+    return ev
+
+
 def headline(ev: dict | None) -> dict[str, float]:
     """The headline metrics of one EVAL; a missing or null value (an empty group) is NaN."""
     ev = ev or {}

@@ -81,10 +81,19 @@ def export(run: Path, classifier: str = MODEL, fmt: str = "torchscript", score: 
     record = {"file": str(out), "format": fmt, "classifier": classifier, "score": score,
               "input": {"dtype": "uint8", "shape": ["batch", channels, info["input_size"], info["input_size"]]},
               "outputs": ["class_id", "score"], "classes": info["classes"], "class_names": info.get("class_names"),
-              "tta_views": list(scorer.views), "file_mb": out.stat().st_size / 2**20,
+              "preprocess": preprocess_note(info), "tta_views": list(scorer.views), "file_mb": out.stat().st_size / 2**20,
               "latency_s_batch1": latency(out, fmt, example[:1]), "seed_reference": SEED_REFERENCE}
     write_json(out.with_suffix(".json"), record, indent=1)
     return record
+
+
+def preprocess_note(info: dict) -> dict:
+    """How a file becomes the model's input, as the shards build and `predict` do it
+    (shards/chips.py): the recorded intensity mapping and size policy, then the centre crop."""
+    size = info["input_size"]
+    return {**(info.get("preprocess") or {"intensity": "auto", "mapping": "linear", "depth": "8-bit",
+                                           "size_policy": "crop", "chip_size": None}),
+            "then": f"centre crop to {size}x{size} (edge-replicate a shorter side)"}
 
 
 def load_exported(path: Path, fmt: str):

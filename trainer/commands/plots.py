@@ -88,7 +88,8 @@ def per_class_accuracy(path: Path, class_labels: Sequence[str], counts: Sequence
 
 
 def confusion_matrix(path: Path, class_labels: Sequence[str], confusion: np.ndarray,
-                     title: str = "Confusion matrix of the final model (row-normalised)") -> Path:
+                     title: str = "Confusion matrix of the final model (row-normalised)",
+                     split: str = "validation") -> Path:
     """Rows = true class, normalised so each row sums to 1; every cell annotated."""
     cm = np.asarray(confusion, dtype=float)
     rows = cm.sum(axis=1, keepdims=True)
@@ -104,7 +105,7 @@ def confusion_matrix(path: Path, class_labels: Sequence[str], confusion: np.ndar
     ax.set_xticks(range(n), class_labels, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(n), [f"{c} (n={int(r)})" for c, r in zip(class_labels, rows[:, 0])], fontsize=8)
     ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class (validation count)")
+    ax.set_ylabel(f"true class ({split} count)")
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
     return _save(fig, path)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from datasets.folder import list_chips, load_chips
+from datasets.folder import FolderListing, Preprocess, list_chips, load_chips
 from datasets.stream_spec import Normalizer
 from shards.atomic import write_atomic
 from trainer.train import checkpoint
@@ -82,10 +82,12 @@ def run_normalizer(info: dict) -> Normalizer:
 
 def predict(run_dir: str | Path, images: str | Path, out: str | Path, batch_size: int = 256,
             classifier: str = MODEL, score: str | None = None, eo_images: str | Path | None = None) -> int:
-    """results.csv in the NTIRE format: image_id,class_id (image_id from SAR_<id>.png, or
-    EO_<id>.png for an EO-only model), plus a `score` column (trainer.evaluate.ood: higher = more likely
-    a known class) when `score` is given. A SAR+EO model reads EO_<id>.png from `eo_images`
-    (default: the same folder)."""
+    """A CSV of one row per chip, in natural order. NTIRE names (SAR_<id>.png): results.csv in
+    the challenge format `image_id,class_id` (image_id from SAR_<id>.png, or EO_<id>.png for an
+    EO-only model); any other folder of images (read recursively): `file,class_id,class_name`.
+    Plus a `score` column (trainer.evaluate.ood: higher = more likely a known class) when
+    `score` is given. A SAR+EO model reads EO_<id>.png from `eo_images` (default: the same
+    folder). Files are read as the build read the training chips (datasets/folder.py)."""
     if score is not None and score not in SCORES:
         raise ConfigError(f"--score: unknown {score!r}; valid: {', '.join(SCORES)}")
     scorer, info = load_scorer(Path(run_dir), classifier)
@@ -96,17 +98,47 @@ def predict(run_dir: str | Path, images: str | Path, out: str | Path, batch_size
     folders = {m: Path(eo_images) if (m == "eo" and eo_images and m != modalities[0]) else Path(images)
                for m in modalities}
     found = list_chips(folders)
+    prep = Preprocess.from_info(info)
+    names = [str(c) for c in info.get("class_names") or []]
     channels = info["model"].get("modality_channels") or [info.get("channels", 1)]
-    rows = ["image_id,class_id" + (",score" if score else "")]
+    head = "image_id,class_id" if found.ntire else "file,class_id,class_name"
+    rows = [head + (",score" if score else "")]
     with torch.no_grad():
-        for start in range(0, len(found), batch_size):
-            chunk = found[start:start + batch_size]
-            x = norm.from_uint8(load_chips([f for _, f in chunk], info["input_size"], channels)).to(device)
+        for start in range(0, len(found.rows), batch_size):
+            chunk = found.rows[start:start + batch_size]
+            x = norm.from_uint8(load_chips([f for _, f in chunk], info["input_size"], channels, prep)).to(device)
             scores, mean_logits = score_views(scorer.model, [scorer.classifier], x, scorer.views, mean_logits=True)[0]
             preds = scores.argmax(1).cpu().numpy()
             extra = ood_score(mean_logits.cpu().numpy(), score) if score else [None] * len(chunk)
-            rows += [f"{image_id},{int(c)}" + (f",{s:.6g}" if score else "")
-                     for (image_id, _), c, s in zip(chunk, preds, extra)]
+            rows += [result_row(name, int(c), names, found.ntire) + (f",{s:.6g}" if score else "")
+                     for (name, _), c, s in zip(chunk, preds, extra)]
     write_atomic(Path(out), "\n".join(rows) + "\n")
-    print(f"{out}: {len(found)} predictions ({classifier})", file=sys.stderr)
+    print(f"{out}: {len(found.rows)} predictions ({classifier})" + skipped_note(found), file=sys.stderr)
     return 0
+
+
+def result_row(name: str, class_id: int, names: list[str], ntire: bool) -> str:
+    if ntire:
+        return f"{name},{class_id}"
+    label = names[class_id] if class_id < len(names) else str(class_id)
+    return ",".join(csv_field(v) for v in (name, str(class_id), label))
+
+
+def csv_field(value: str) -> str:
+    """Quoted where a file or class name holds a comma, quote or line break."""
+    if any(ch in value for ch in ',"\n\r'):
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+def skipped_note(found: FolderListing) -> str:
+    """`; ignored 2 files that are not chips (e.g. notes.txt); 1 name collision: ...`."""
+    note = ""
+    if found.ignored:
+        note += (f"; ignored {len(found.ignored)} files that are not chips "
+                 f"(e.g. {', '.join(p.name for p in found.ignored[:3])})")
+    if found.collisions:
+        skipped, kept = found.collisions[0]
+        note += (f"; {len(found.collisions)} name collision(s) skipped, e.g. {skipped.name} "
+                 f"(same id as {kept.name}, which was read)")
+    return note

@@ -17,9 +17,8 @@ import numpy as np
 import torch
 import yaml
 
-from datasets import ntire
 from shards.atomic import write_atomic
-from shards.errors import exit_on_error
+from shards.errors import DataError, exit_on_error
 from shards.index import ClassIndex
 from trainer.commands import latency, plots
 from trainer.train.checkpoint import load_weights
@@ -120,14 +119,29 @@ def class_counts(run: RunFolder) -> list[int] | None:
 
 
 def class_labels(run: RunFolder) -> list[str]:
-    """'0 sedan'-style labels when the classes are NTIRE's folder numbers, else the folder names."""
+    """The class folder names; '0 sedan'-style labels only where numbered classes come with
+    display names in the data (metrics.json `class_names`, or the shards' build record)."""
     classes = run.classes
-    names = run.metrics.get("class_names")
-    if not names:
-        names = ntire.CLASS_NAMES
+    names = run.metrics.get("class_names") or shard_display_names(run)
     if names and len(names) == len(classes) and classes == [str(i) for i in range(len(classes))]:
         return [f"{c} {n}" for c, n in zip(classes, names)]
     return classes
+
+
+def shard_display_names(run: RunFolder) -> list[str] | None:
+    shards = (run.config.get("data") or {}).get("shards")
+    try:
+        index = ClassIndex.load(shards) if shards else None
+    except DataError:
+        return None
+    builds = (index.source.get("builds") or []) if index else []
+    return next((b["class_names"] for b in builds if "train" in b.get("splits", []) and b.get("class_names")), None)
+
+
+def shown_split(run: RunFolder) -> str:
+    """The split of the per-class and confusion figures: test when the run has it (more chips
+    per class than val), else val."""
+    return "test" if (run.final_eval("test") or {}).get("per_class_acc") else "val"
 
 
 def eval_group_classes(ev: dict | None, which=GROUPS) -> dict[str, list[int]]:
@@ -156,26 +170,37 @@ def summary_table(run: RunFolder) -> list[str]:
 
 
 def section_per_class(run: RunFolder, out: Path, labels: list[str], counts) -> list[str]:
-    series = {f"{i}: {s.get('name', '')}": s["val"]["per_class_acc"]
-              for i, s in enumerate(run.metrics.get("stages") or []) if (s.get("val") or {}).get("per_class_acc")}
-    final = (run.final_eval() or {}).get("per_class_acc")
-    if final and (not series or list(series.values())[-1] != final):
-        series["final"] = final
+    split = shown_split(run)
+    if split == "test":
+        series = {"final": run.final_eval("test")["per_class_acc"]}
+        what = f"test split ({run.final_eval('test').get('num_samples', '?')} chips): accuracy per class of the final model"
+    else:
+        series = {f"{i}: {s.get('name', '')}": s["val"]["per_class_acc"]
+                  for i, s in enumerate(run.metrics.get("stages") or []) if (s.get("val") or {}).get("per_class_acc")}
+        final = (run.final_eval() or {}).get("per_class_acc")
+        if final and (not series or list(series.values())[-1] != final):
+            series["final"] = final
+        what = "validation split: accuracy per class after each stage"
     if not series:
         return ["_Skipped: metrics.json has no per-class validation accuracy._"]
     plots.per_class_accuracy(out / "per_class_accuracy.png", labels, counts, series,
-                             eval_group_classes(run.final_eval()))
+                             eval_group_classes(run.final_eval(split)),
+                             *(["Per-class test accuracy of the final model"] if split == "test" else []))
     return ["![per-class accuracy](per_class_accuracy.png)", "",
-            "Bars: validation accuracy per class after each stage; classes ordered by training "
-            "count; shading marks the head / middle / tail groups."]
+            f"Bars: {what}; classes ordered by training count; shading marks the head / middle / "
+            "tail groups."]
 
 
 def section_confusion(run: RunFolder, out: Path, labels: list[str]) -> list[str]:
-    cm = (run.final_eval() or {}).get("confusion")
+    split = shown_split(run)
+    cm = (run.final_eval(split) or {}).get("confusion")
     if not cm:
-        return ["_Skipped: metrics.json has no `final.val.confusion`._"]
-    plots.confusion_matrix(out / "confusion_matrix.png", labels, np.asarray(cm))
-    return ["![confusion matrix](confusion_matrix.png)"]
+        return [f"_Skipped: metrics.json has no `final.{split}.confusion`._"]
+    words = {"val": "validation"}.get(split, split)
+    plots.confusion_matrix(out / "confusion_matrix.png", labels, np.asarray(cm),
+                           f"Confusion matrix of the final model, {words} split (row-normalised)", words)
+    return ["![confusion matrix](confusion_matrix.png)", "",
+            f"On the {split} split ({int(np.asarray(cm).sum())} chips); rows: true class, columns: predicted."]
 
 
 def section_curves(run: RunFolder, out: Path) -> list[str]:
@@ -259,8 +284,9 @@ def write_report(run: RunFolder, *, features: bool = True, inference: bool = Tru
           f"Run folder `{run.root}`; model `{model.get('name', model.get('arch', '?'))}`; stages: "
           + ", ".join(f"{i}: {n}" for i, n in stage_names(run).items()) + ".", "",
           "## Accuracy after each stage", "", *summary_table(run), "",
-          "## Per-class accuracy", "", *section_per_class(run, out, labels, counts), "",
-          "## Confusion matrix (final model)", "", *section_confusion(run, out, labels), "",
+          f"## Per-class accuracy ({shown_split(run)} split)", "", *section_per_class(run, out, labels, counts), "",
+          f"## Confusion matrix (final model, {shown_split(run)} split)", "",
+          *section_confusion(run, out, labels), "",
           "## Features after each stage (seed 000, Figure 2)", ""]
     md += section_features(run, out, labels, max_per_class) if features else ["_Skipped (--no-features)._"]
     md += ["", "## Training curves", "", *section_curves(run, out), "",
