@@ -37,7 +37,7 @@ class FolderListing:
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How the run's chips were made from files (head.json `preprocess`; older runs: the
+    """How the run's chips were made from files (card.json `preprocess`; older runs: the
     defaults, which is what their builds did)."""
 
     spec: ChipSpec

@@ -40,7 +40,7 @@ def run(tmp_path_factory) -> Path:
 
 
 def head(run: Path) -> dict:
-    return json.loads(next((run / "stages").glob("*/head.json")).read_text())
+    return json.loads(next((run / "stages").glob("*/card.json")).read_text())
 
 
 def test_class_names_through_metrics_and_predict(run, tmp_path, capsys):
