@@ -11,6 +11,8 @@
 # (default /tmp/sar-slurm); /etc is not touched, so the clients need SLURM_CONF (see `env`).
 # Needs root (slurmd starts jobs as their user). start and stop are idempotent.
 set -euo pipefail
+# shellcheck source=launch/slurm/slurm_conf.sh
+source "$(dirname "${BASH_SOURCE[0]}")/slurm_conf.sh"
 
 STATE="${SAR_SLURM_DIR:-/tmp/sar-slurm}"
 CONF="$STATE/slurm.conf"
@@ -55,24 +57,7 @@ SlurmctldPidFile=$STATE/slurmctld.pid
 SlurmdPidFile=$STATE/slurmd.pid
 SlurmctldLogFile=$STATE/log/slurmctld.log
 SlurmdLogFile=$STATE/log/slurmd.log
-# No mail, no cgroups, no task binding: none of them exist in a container.
-MailProg=/bin/true
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-MpiDefault=none
-# Start batch jobs at once; forget finished ones quickly (sbatch --wait polls every 2 s then).
-SchedulerType=sched/backfill
-SchedulerParameters=batch_sched_delay=0
-SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU
-MinJobAge=5
-# Job ids from the clock, not from 1: a fresh state folder must not reuse the ids (and so the
-# runs/<recipe>-<jobid> folders) of an earlier cluster.
-FirstJobId=$(( $(date +%s) % 50000000 + 1000 ))
-ReturnToService=2
-JobRequeue=1
-KillWait=10
+$(slurm_conf_common)
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF

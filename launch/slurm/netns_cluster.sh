@@ -85,20 +85,7 @@ SlurmctldPidFile=$STATE/node/slurmctld.pid
 SlurmdPidFile=$STATE/node/slurmd.pid
 SlurmctldLogFile=$STATE/node/slurmctld.log
 SlurmdLogFile=$STATE/node/slurmd.log
-MailProg=/bin/true
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-MpiDefault=none
-SchedulerType=sched/backfill
-SchedulerParameters=batch_sched_delay=0
-SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU
-MinJobAge=5
-FirstJobId=$(( $(date +%s) % 50000000 + 1000 ))
-ReturnToService=2
-JobRequeue=1
-KillWait=10
+$(slurm_conf_common)
 NodeName=node1 NodeAddr=$(node_addr node1) CPUs=$cpus RealMemory=$mem State=UNKNOWN
 NodeName=node2 NodeAddr=$(node_addr node2) CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=two Nodes=node1,node2 Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO

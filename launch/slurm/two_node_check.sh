@@ -50,6 +50,7 @@ done
 [ -x "$PYTHON" ] || { say "error: no Python at $PYTHON (set PYTHON)"; exit 2; }
 
 # shellcheck source=launch/slurm/netns_cluster.sh
+source "$REPO/launch/slurm/slurm_conf.sh"
 source "$REPO/launch/slurm/netns_cluster.sh"
 cleanup() {
     trap - EXIT INT TERM

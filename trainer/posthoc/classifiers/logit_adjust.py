@@ -3,15 +3,14 @@
 first of ties). τ = 1 is the Bayes-optimal correction for a balanced test set; τ = 0 is the model."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from trainer.errors import ConfigError
 from trainer.evaluate.metrics import evaluate
 from trainer.models.heads import FullLogits, Head
+from trainer.posthoc.classifiers.tau_norm import TauSearch
 from trainer.posthoc.registry import HeadClassifier
 
 
@@ -37,23 +36,9 @@ class LogitAdjusted(nn.Module):
         return self.head(features) - self.tau * self.log_prior
 
 
-@dataclass(frozen=True)
-class LogitAdjustOptions:
-    max: float = 2.0
-    step: float = 0.1
-
-
-class LogitAdjust(HeadClassifier):
+class LogitAdjust(TauSearch, HeadClassifier):
     name = "logit_adjust"
     summary = "the stage's head logits minus τ·log(class prior), τ chosen on validation"
-    Options = LogitAdjustOptions
-
-    @classmethod
-    def settings(cls, options: dict, train_counts) -> tuple[float, ...]:
-        opts = LogitAdjustOptions(**options)
-        if opts.step <= 0 or opts.max < 0:
-            raise ConfigError("posthoc.logit_adjust: step must be > 0 and max >= 0")
-        return tuple(float(t) for t in np.round(np.arange(0.0, opts.max + 1e-9, opts.step), 6))
 
     @classmethod
     def fit(cls, ctx, taus: tuple[float, ...]) -> tuple[nn.Module, dict]:

@@ -65,19 +65,23 @@ class TauOptions:
     step: float = 0.1
 
 
-class TauNorm(HeadClassifier):
-    name = "tau_norm"
-    summary = "the stage's head with rows divided by ||w||^τ, τ chosen on validation"
+class TauSearch:
+    """Mixin for classifiers with a τ chosen on validation: the grid 0, step, …, max."""
+    name: str
     Options = TauOptions
-    linear_head_only = True
 
     @classmethod
     def settings(cls, options: dict, train_counts) -> tuple[float, ...]:
-        """The τ values tried: 0, step, …, max."""
         opts = TauOptions(**options)
         if opts.step <= 0 or opts.max < 0:
-            raise ConfigError("posthoc.tau_norm: step must be > 0 and max >= 0")
+            raise ConfigError(f"posthoc.{cls.name}: step must be > 0 and max >= 0")
         return tuple(float(t) for t in np.round(np.arange(0.0, opts.max + 1e-9, opts.step), 6))
+
+
+class TauNorm(TauSearch, HeadClassifier):
+    name = "tau_norm"
+    summary = "the stage's head with rows divided by ||w||^τ, τ chosen on validation"
+    linear_head_only = True
 
     @classmethod
     def fit(cls, ctx, taus: tuple[float, ...]) -> tuple[nn.Module, dict]:
