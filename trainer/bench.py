@@ -221,21 +221,25 @@ def gpu_main(argv: list[str]) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch", type=int, nargs="+", default=[128, 512])
     p.add_argument("--compile", choices=["on", "off", "both"], default="both")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="one JSON object a line, per configuration")
     a = p.parse_args(argv)
     if not torch.cuda.is_available():
         raise ConfigError("bench gpu: needs CUDA")
-    results = [gpu_throughput(a.steps, a.repeats, b, c) for b in a.batch
-               for c in ({"on": [True], "off": [False]}.get(a.compile, [False, True]))]
-    if a.json:
-        print(json.dumps(results, indent=1))
-        return 0
-    for r in results:
-        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (unknown peak)"
-        print(f"{r['gpu']}: batch {r['batch']} compile {r['compile']}: trainer {r['trainer_images_per_s']:.0f} "
-              f"images/s, bare {r['bare_images_per_s']:.0f} images/s, {r['train_gflops_per_image']:.2f} "
-              f"GFLOP/image, {r['achieved_tflops']:.1f} TFLOP/s, MFU {mfu}")
+    torch.backends.cudnn.benchmark = True   # as the trainer sets it on CUDA (speed.cudnn_benchmark: auto)
+    for b in a.batch:
+        for c in {"on": [True], "off": [False]}.get(a.compile, [False, True]):
+            torch._dynamo.reset()   # one configuration at a time: no recompile across batch sizes
+            r = gpu_throughput(a.steps, a.repeats, b, c)
+            # Printed as soon as measured (--json: one object a line), so a run cut short keeps it.
+            print(json.dumps(r) if a.json else format_gpu(r), flush=True)
     return 0
+
+
+def format_gpu(r: dict) -> str:
+    mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (unknown peak)"
+    return (f"{r['gpu']}: batch {r['batch']} compile {r['compile']}: trainer {r['trainer_images_per_s']:.0f} "
+            f"images/s, bare {r['bare_images_per_s']:.0f} images/s, {r['train_gflops_per_image']:.2f} "
+            f"GFLOP/image, {r['achieved_tflops']:.1f} TFLOP/s, MFU {mfu}")
 
 
 MODES = {"e2e": e2e_main, "step": step_main, "gpu": gpu_main}
