@@ -8,6 +8,7 @@
   time), and the median ratio of adjacent pairs is printed beside it.
 - gpu: Shake-Shake-26 2x32d at 56 px in bf16 on CUDA, compile on and off: images/s and model
   FLOP utilisation (FLOPs by torch's FlopCounterMode).
+- latency: inference latency per chip of a model at batch 1 and a large batch, with and without TTA.
 """
 from __future__ import annotations
 
@@ -253,7 +254,32 @@ def format_gpu(r: dict) -> str:
             f"GFLOP/image, {r['achieved_tflops']:.1f} TFLOP/s, MFU {mfu}")
 
 
-MODES = {"e2e": e2e_main, "step": step_main, "gpu": gpu_main}
+def latency_main(argv: list[str]) -> int:
+    """Inference latency per chip of an untrained model (latency does not depend on the weights)."""
+    from trainer.inference import measure, to_markdown
+    from trainer.models import build_model
+
+    p = argparse.ArgumentParser(prog="python -m trainer bench latency",
+                                description="Latency per chip at batch 1 and a large batch, with and without TTA.")
+    p.add_argument("--model", default="shake_shake")
+    p.add_argument("--depth", type=int, default=26)
+    p.add_argument("--width", type=int, default=32)
+    p.add_argument("--size", type=int, default=56, help="input px")
+    p.add_argument("--large-batch", type=int, default=256)
+    p.add_argument("--tta", type=int, default=2, help="TTA views (2: identity + the mirror, as tta=auto picks)")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args(argv)
+    if min(a.size, a.large_batch, a.tta, a.repeats) < 1:
+        raise ConfigError("bench latency: --size, --large-batch, --tta and --repeats must be >= 1")
+    cfg = {"name": a.model, "depth": a.depth, "width": a.width}
+    fig = measure(build_model(cfg, 10), a.size, large_batch=a.large_batch, tta_views=a.tta, repeats=a.repeats)
+    fig["model"] = cfg
+    print(json.dumps(fig) if a.json else f"{a.model}-{a.depth} w{a.width}, untrained weights\n" + to_markdown(fig))
+    return 0
+
+
+MODES = {"e2e": e2e_main, "step": step_main, "gpu": gpu_main, "latency": latency_main}
 
 
 def main(argv: list[str] | None = None) -> int:
