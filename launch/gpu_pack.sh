@@ -5,7 +5,8 @@
 # working tree plus at most 8 named git-ignored folders, 64 MiB in all.
 #
 #   bash launch/gpu_pack.sh           # core phase: .gpu_carry/ (webdataset, braceexpand; ~0.1 MiB)
-#   bash launch/gpu_pack.sh --dali    # also the DALI phase: .gpu_dali/part1 … partN (≤ 55 MiB each)
+#   bash launch/gpu_pack.sh --dali    # the DALI phase: .gpu_dali/part1 … partN (≤ 55 MiB each;
+#                                     # the core folder too when it is missing)
 #   bash launch/gpu_pack.sh --check   # on the node (no network): which carried parts are there, intact
 #
 # The runs on the node (command; folders carried; limit):
@@ -23,7 +24,8 @@
 # nvidia-dali-cuda130 (the node's CUDA 13), DALI_VERSION (default 2.4.0). Each folder gets a
 # SHA256SUMS that gpu_check.sh checks before installing anything.
 # Environment: PYTHON (the pip to download with; default .venv/bin/python, else python3),
-# CARRY (default .gpu_carry), DALI_CARRY (default .gpu_dali), DALI_VERSION.
+# CARRY (default .gpu_carry), DALI_CARRY (default .gpu_dali), DALI_VERSION; for tests,
+# DALI_WHEELS (a folder of wheels to split instead of downloading) and GPU_PART_SIZE (split -b).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,7 +44,7 @@ DALI_CARRY="${DALI_CARRY:-.gpu_dali}"
 DALI_VERSION="${DALI_VERSION:-2.4.0}"
 CORE_PACKAGES=(webdataset braceexpand)   # what the project imports and the node lacks
 CORE_LIMIT=$((60 * 1024 * 1024))
-PART_SIZE=55M                            # with the ~1 MiB working tree, under a run's 64 MiB
+PART_SIZE="${GPU_PART_SIZE:-55M}"        # with the ~1 MiB working tree, under a run's 64 MiB
 
 die() { echo "gpu_pack: $*" >&2; exit 1; }
 norm() { tr 'A-Z_.' 'a-z--'; }           # a distribution name as pip compares it
@@ -59,7 +61,7 @@ download() {   # DIR SPEC…: the wheels of SPEC… and their dependencies, for 
   shift
   "$PYTHON" -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    -d "$dir" "$@" || die "pip download $* failed (no network, or no cp312 manylinux wheel)"
+    -d "$dir" "$@" 2> >(grep -v "neither a file nor a directory" >&2) || die "pip download $* failed (no network, or no cp312 manylinux wheel)"
 }
 
 drop_node_packages() {   # DIR: remove the wheels of distributions the node has
@@ -89,7 +91,11 @@ pack_dali() {
   local tmp n k part
   tmp="$(mktemp -d)"
   trap 'rm -rf "$tmp"' RETURN
-  download "$tmp/w" "nvidia-dali-cuda130==$DALI_VERSION"
+  if [ -n "${DALI_WHEELS:-}" ]; then
+    mkdir "$tmp/w" && cp "$DALI_WHEELS"/*.whl "$tmp/w/"
+  else
+    download "$tmp/w" "nvidia-dali-cuda130==$DALI_VERSION"
+  fi
   drop_node_packages "$tmp/w"
   (cd "$tmp/w" && sha256sum -- *.whl >SHA256SUMS && tar -cf ../dali-phase.tar -- *.whl SHA256SUMS)
   mkdir "$tmp/parts"
@@ -137,6 +143,6 @@ check() {   # on the node: what has been carried so far, each file checked again
 
 case $MODE in
   core) pack_core ;;
-  dali) pack_core; pack_dali ;;
+  dali) [ -f "$CARRY/SHA256SUMS" ] || pack_core; pack_dali ;;
   check) check ;;
 esac
