@@ -5,7 +5,9 @@ check does):
       a run stopped by a signal and resumed, against an uninterrupted one: final metrics and
       every stage's weights; --exact asks for identical bits, --tolerance for test (else val)
       balanced accuracy within T. Exit 1 when it does not hold.
-  python launch/gpu_check.py summary WORK OUT
+  python launch/gpu_check.py machine WORK
+      imports what the project imports (a missing package fails, named) and notes the versions.
+  python launch/gpu_check.py summary WORK OUT [--print STEP]
       WORK/steps.tsv and the steps' outputs -> OUT/summary.md and OUT/summary.json: each step
       `ok`, `skipped (why)` or `FAILED (why)`, and every number measured so far.
 """
@@ -227,6 +229,17 @@ def summary_main(a: argparse.Namespace) -> int:
     return 0
 
 
+def machine_main(a: argparse.Namespace) -> int:
+    """Import what the project imports (a missing one fails here, named), note the versions."""
+    import accelerate, braceexpand, numpy, PIL, torch, torchvision, webdataset, yaml  # noqa: F401, E401
+    info = {"host": platform.node(), "python": platform.python_version(), "torch": torch.__version__,
+            "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
+            "cpus": os.cpu_count(), "webdataset": getattr(webdataset, "__version__", "?")}
+    (Path(a.work) / "results" / "machine.json").write_text(json.dumps(info))
+    print(info)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python launch/gpu_check.py")
     sub = p.add_subparsers(dest="command", required=True)
@@ -240,8 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("work")
     s.add_argument("out")
     s.add_argument("--print", help="also print this step's status and numbers")
+    m = sub.add_parser("machine")
+    m.add_argument("work")
     a = p.parse_args(argv)
-    return compare_main(a) if a.command == "compare-runs" else summary_main(a)
+    return {"compare-runs": compare_main, "summary": summary_main, "machine": machine_main}[a.command](a)
 
 
 if __name__ == "__main__":

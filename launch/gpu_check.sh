@@ -122,15 +122,7 @@ install_step() {
   else
     note "no $CARRY/SHA256SUMS (bash launch/gpu_pack.sh, then carry $CARRY); using what is installed"
   fi
-  "$PYTHON" - <<'PY'
-import json, os, platform, sys
-import accelerate, braceexpand, numpy, PIL, torch, torchvision, webdataset, yaml  # what the project imports
-info = {"host": platform.node(), "python": platform.python_version(), "torch": torch.__version__,
-        "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
-        "cpus": os.cpu_count(), "webdataset": getattr(webdataset, "__version__", "?")}
-open(os.path.join(os.environ["WORK"], "results", "machine.json"), "w").write(json.dumps(info))
-print(info)
-PY
+  "$PYTHON" launch/gpu_check.py machine "$WORK"   # imports what the project imports; notes versions
 }
 
 dali_install_step() {   # join the parts carried in earlier runs, check every sum, install
