@@ -98,9 +98,10 @@ def status_text(step: dict, log: Path) -> str:
         return "ok"
     if step["status"] == "skipped":
         return f"skipped ({step['note'] or 'no reason given'})"
-    why = step["note"] or last_error(log) or f"exit {step['exit']}"
-    if step["status"] == "timeout":
-        why = f"timed out after {step['seconds']} s; {why}"
+    first = f"timed out after {step['seconds']} s" if step["status"] == "timeout" else f"exit {step['exit']}"
+    why = "; ".join(w for w in (last_error(log) or first, step["note"]) if w)
+    if step["status"] == "timeout" and not why.startswith("timed out"):
+        why = f"{first}; {why}"
     return f"FAILED ({why})"
 
 
@@ -109,9 +110,9 @@ def last_error(log: Path) -> str:
         return ""
     lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
     for ln in reversed(lines):
-        if re.search(r"(Error|error:|FAILED|failed|Traceback|not |cannot)", ln):
+        if re.search(r"(Error|error:|FAILED|failed|Traceback|not |cannot)", ln) and not ln.startswith("{"):
             return ln[:300]
-    return lines[-1][:300] if lines else ""
+    return ""
 
 
 def json_lines(path: Path) -> list[dict]:

@@ -161,11 +161,13 @@ data_step() {
     --labels "$DATA/raw/test_labels.csv" --quiet --workers "$WORKERS"
 }
 
-pytest_step() {   # FILES…: under pytest; without CUDA, passing with everything skipped = skipped
+pytest_step() {   # FILES…: under pytest; passing with every test skipped (no CUDA) = skipped
   set -uo pipefail
   local rc=0
-  "$PYTHON" -m pytest -q -p no:cacheprovider -rs --basetemp "$WORK/pytest" "$@" || rc=$?
-  if (( rc == 0 )) && ! has_cuda; then note "no CUDA here: collected, every CUDA test skipped"; exit 3; fi
+  "$PYTHON" -m pytest -q -p no:cacheprovider -rs --basetemp "$WORK/pytest" "$@" | tee "$WORK/pytest.out" || rc=$?
+  if (( rc == 0 )) && ! grep -qE "[0-9]+ passed" "$WORK/pytest.out"; then
+    note "$(has_cuda && echo "every test skipped" || echo "no CUDA here: collected, every CUDA test skipped")"; exit 3
+  fi
   exit $rc
 }
 

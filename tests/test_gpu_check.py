@@ -127,7 +127,7 @@ def test_summary_says_why_and_keeps_partial_numbers(tmp_path, monkeypatch):
     assert "| install | ok | 3 |" in md
     assert "| bench_eager | skipped (needs CUDA) |" in md
     assert "| data | FAILED (ModuleNotFoundError: No module named 'webdataset') |" in md
-    assert "| bench_compiled | FAILED (timed out after 240 s;" in md
+    assert "| bench_compiled | FAILED (timed out after 240 s) | 240 |" in md
     assert re.search(r"\| 512 \| True \| 41,000 \| not run \| 1.50 \| 61.5 \| 6.2% of 989 \|", md)
     assert sorted(p.name for p in out.iterdir()) == ["summary.json", "summary.md"]
     assert json.loads((out / "summary.json").read_text())["results"]["bench"][0]["batch"] == 512
