@@ -112,6 +112,11 @@ install_wheels() {   # DIR: its wheels whose distribution this Python lacks, int
     "$PYTHON" -m pip install -q --no-index --no-deps --target "$SITE" "${todo[@]}"
     note "installed into $SITE: $(printf '%s\n' "${todo[@]}" | xargs -n1 basename | cut -d- -f1-2 | paste -sd ' ')"
   fi
+  if [ -d "$SITE/nvidia" ]; then
+    # nvidia/ is also the node's own CUDA wheels' folder, and some wheels make it a regular
+    # package: the first on the path would hide the other. One package over both:
+    echo "__path__ = __import__('pkgutil').extend_path(__path__, __name__)" >"$SITE/nvidia/__init__.py"
+  fi
 }
 
 install_step() {

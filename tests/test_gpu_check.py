@@ -32,10 +32,13 @@ def fake_wheel(folder: Path, name: str = FAKE, size: int = 4000) -> Path:
     """A small valid wheel, named like DALI's, with incompressible filler so it splits in parts."""
     dist, version = name.split("-")[:2]
     info = f"{dist}-{version}.dist-info"
+    package = "nvidia/dali_smoke" if dist.startswith("nvidia") else dist   # as DALI: inside nvidia/
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
-        z.writestr(f"{dist}/__init__.py", "")
-        z.writestr(f"{dist}/filler.bin", os.urandom(size))
+        if dist.startswith("nvidia"):
+            z.writestr("nvidia/__init__.py", "")          # as nvimgcodec's wheel: a regular package
+        z.writestr(f"{package}/__init__.py", "")
+        z.writestr(f"{package}/filler.bin", os.urandom(size))
         z.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {dist.replace('_', '-')}\nVersion: {version}\n")
         z.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
         z.writestr(f"{info}/RECORD", "")
@@ -198,3 +201,8 @@ def test_cpu_smoke_in_a_venv_of_only_the_node_packages(tmp_path):
     assert "parts joined and checked" in notes and "nvidia_dali_smoke-0.1" in notes
     assert status["dali_tests"] == status["resume_dali"] == "skipped (DALI does not import)"
     assert len(files_under(tmp_path / "out_dali")) == 3
+    # nvidia/ carried in (with an __init__.py) does not hide the node's own nvidia/ packages.
+    site = tmp_path / "work" / "site"
+    both = subprocess.run([str(python), "-c", "import nvidia.dali_smoke, nvidia.cudnn"], env={**env, "PYTHONPATH": str(site)},
+                          capture_output=True, text=True, timeout=60)
+    assert both.returncode == 0, both.stderr
