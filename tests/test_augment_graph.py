@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch._dynamo
 
-from datasets.augment import (GAMMA_ROUNDS, AugmentSpec, apply, augment_batch, draw, gamma_draws,
-                              gamma_from_draws, gamma_noise)
+from datasets.augment import (FALLBACK_RATE, AugmentSpec, apply, augment_batch, draw, gamma_draws,
+                              gamma_from_draws, gamma_noise, gamma_rounds)
 from datasets.stream_spec import Normalizer
 
 S = 24
@@ -94,18 +94,38 @@ def test_gamma_sampler_matches_torch_gamma(shape_l):
 def test_gamma_takes_the_first_accepted_proposal_and_falls_back_without_one():
     shape_l = 4.0
     d = gamma_draws((5,), shape_l, torch.Generator().manual_seed(0))
-    d["gamma_z"] = torch.zeros(GAMMA_ROUNDS, 5)                         # v = 1: accepted if u < 1
+    rounds = d["gamma_z"].shape[0]
+    d["gamma_z"] = torch.zeros(rounds, 5)                               # v = 1: accepted if u < 1
     d["gamma_z"][1] = 0.5
-    d["gamma_u"] = torch.full((GAMMA_ROUNDS, 5), 0.5)
+    d["gamma_u"] = torch.full((rounds, 5), 0.5)
     d["gamma_u"][0, :2] = 1.0                                            # log 1 = 0: rejected (z = 0)
     d["gamma_u"][:, 4] = 1.0                                             # sample 4: no round accepts
-    d["gamma_z"][GAMMA_ROUNDS - 1, 4] = 0.3
+    d["gamma_z"][rounds - 1, 4] = 0.3
     out = gamma_from_draws(d, shape_l)
     dd = shape_l - 1 / 3
     c = 1 / (9 * dd) ** 0.5
     assert torch.allclose(out[2:4], torch.full((2,), dd / shape_l))     # round 0, v = 1
     assert torch.allclose(out[:2], torch.full((2,), (1 + c * 0.5) ** 3 * dd / shape_l))   # round 1
     assert torch.allclose(out[4], torch.tensor((1 + c * 0.3) ** 3 * dd / shape_l))       # the last
+
+
+@pytest.mark.parametrize("speckle", [0.2, 0.3, 1.0, 5.0])
+def test_rounds_leave_fewer_fallbacks_than_promised(speckle):
+    """The rejection bound behind gamma_rounds, measured: no-acceptance rate < FALLBACK_RATE."""
+    import math
+
+    shape_l = 1 / speckle ** 2
+    alpha = shape_l + 1 if shape_l < 1 else shape_l
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(1_000_000, dtype=torch.float64, generator=g)
+    u = torch.rand(1_000_000, dtype=torch.float64, generator=g)
+    dd, c = alpha - 1 / 3, 1 / math.sqrt(9 * (alpha - 1 / 3))
+    v = (1 + c * z) ** 3
+    ok = (v > 0) & (torch.log(u) < 0.5 * z * z + dd - dd * v + dd * torch.log(v.clamp_min(1e-300)))
+    rejected = 1 - ok.double().mean().item()
+    assert rejected < 0.05 / alpha
+    assert rejected ** gamma_rounds(shape_l) < FALLBACK_RATE
+    assert gamma_rounds(shape_l) == {0.2: 3, 0.3: 3, 1.0: 5, 5.0: 5}[speckle]
 
 
 @pytest.mark.gpu
