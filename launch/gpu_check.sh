@@ -32,7 +32,7 @@
 # failed or timed out, else 0.
 # Environment: PYTHON (default .venv/bin/python, else python3), OUT (default gpu_check_out),
 # WORK (default /tmp/gpu_check), CARRY (.gpu_carry), DALI_CARRY (.gpu_dali), GPU_CHECK_BUDGET
-# (seconds, default 400 core, 360 DALI), RESUME_TOLERANCE (default 0.06: the difference of two
+# (seconds, default 400 core, 360 DALI, 1200 for the smoke), RESUME_TOLERANCE (default 0.06: the difference of two
 # runs whose seeds differ is about 2.4 points here, as the seed-to-seed spread is 1.6-1.9).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,6 +61,7 @@ SITE="$WORK/site"
 DATA="$WORK/data"
 TOL="${RESUME_TOLERANCE:-0.06}"
 if [ "$PHASE" = core ]; then BUDGET="${GPU_CHECK_BUDGET:-400}"; else BUDGET="${GPU_CHECK_BUDGET:-360}"; fi
+STRETCH=1   # step limits are sized for the node; a shared CPU runner (the smoke) gets 4x
 
 # Read once by CUDA libraries, at their first call: set before any Python starts.
 export CUBLAS_WORKSPACE_CONFIG=:4096:8
@@ -78,6 +79,7 @@ if (( SMOKE )); then
   LOG_EVERY=1; SIGNAL_AFTER=3
   BENCH="--seconds 0.5 --rounds 1 --batch-size 32 --workers 0 --dali-threads 1"
   LATENCY="--depth 8 --width 8 --size 32 --large-batch 16 --repeats 2"
+  STRETCH=4; BUDGET="${GPU_CHECK_BUDGET:-1200}"
 else
   WORKERS="$(nproc)"
   TRAIN="stages.0.steps=300"      # joint_mini: 300 steps of 64 on the mini set
@@ -269,6 +271,7 @@ report() {   # summary + log archive into $OUT (after every step); $1: the step 
 step() {   # step NAME LIMIT_S COMMAND…: COMMAND (a function above) under a timeout, logged
   local name=$1 limit=$2 left rc=0 t0=$SECONDS status=ok
   shift 2
+  limit=$(( limit * STRETCH ))
   left=$(( BUDGET - SECONDS - 10 ))   # 10 s kept for the summary
   if (( left < 15 )); then
     printf '%s\tskipped\t-\t0\tout of time: the budget of %s s is spent\n' "$name" "$BUDGET" >>"$WORK/steps.tsv"

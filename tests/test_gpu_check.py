@@ -173,7 +173,7 @@ def test_cpu_smoke_in_a_venv_of_only_the_node_packages(tmp_path):
     lacks = subprocess.run([str(python), "-c", "import webdataset"], env=env, capture_output=True, timeout=60)
     assert lacks.returncode != 0                                     # as on the node
     run = subprocess.run(["bash", str(CHECK), "--cpu-smoke"], cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=600)
+                         text=True, timeout=1300)
     md = (tmp_path / "out" / "summary.md").read_text()
     assert run.returncode == 0 and "FAILED" not in md, md + run.stdout[-3000:]
     status = statuses(md)
@@ -192,7 +192,7 @@ def test_cpu_smoke_in_a_venv_of_only_the_node_packages(tmp_path):
     carry, dali = pack_dali(tmp_path / "pack")
     env.update(DALI_CARRY=str(dali), OUT=str(tmp_path / "out_dali"))
     run = subprocess.run(["bash", str(CHECK), "--cpu-smoke", "--dali"], cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=600)
+                         text=True, timeout=1300)
     md = (tmp_path / "out_dali" / "summary.md").read_text()
     assert run.returncode == 0 and "FAILED" not in md, md + run.stdout[-3000:]
     status = statuses(md)
