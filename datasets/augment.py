@@ -142,23 +142,22 @@ def draw(spec: AugmentSpec, shape: tuple[int, ...], gen: torch.Generator,
 def apply(x: torch.Tensor, spec: AugmentSpec, d: dict[str, torch.Tensor],
           sar: tuple[int, int]) -> torch.Tensor:
     """Steps 1–7 with the draws of `draw`: tensor ops only, no data-dependent Python, so
-    torch.compile(apply, fullgraph=True) traces it whole (tests/test_augment.py checks)."""
+    torch.compile(apply, fullgraph=True) traces it whole (tests/test_augment_graph.py checks)."""
     if "turns" in d:
         x = _rotate_right(x, d["turns"])
     for key, dim in (("hflip", -1), ("vflip", -2)):
         if key in d:
             x = torch.where(d[key][:, None, None, None], x.flip(dim), x)
-    out = _warp(x, d) if spec.warps else x.float().div_(255.0)
+    out = _warp(x, d) if spec.warps else x.float().div_(255.0)   # a new tensor: in place below
     if "brightness" in d:
-        out = out * d["brightness"][:, None, None, None]
+        out.mul_(d["brightness"][:, None, None, None])
     if "contrast" in d:
         mean = out.mean(dim=(1, 2, 3), keepdim=True)
-        out = (out - mean) * d["contrast"][:, None, None, None] + mean
+        out.sub_(mean).mul_(d["contrast"][:, None, None, None]).add_(mean)
     if "gamma_z" in d:
-        start, stop = sar
-        noise = gamma_from_draws(d, 1.0 / spec.speckle ** 2).reshape(out[:, start:stop].shape)
-        out = torch.cat([out[:, :start], out[:, start:stop] * noise, out[:, stop:]], dim=1)
-    return out.clamp(0.0, 1.0)
+        sar_part = out[:, sar[0]:sar[1]]
+        sar_part.mul_(gamma_from_draws(d, 1.0 / spec.speckle ** 2).reshape(sar_part.shape))
+    return out.clamp_(0.0, 1.0)
 
 
 def _rotate_right(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
