@@ -199,8 +199,9 @@ def summary_main(a: argparse.Namespace) -> int:
           "- machine: " + ", ".join(f"{k} {v}" for k, v in info.items()),
           f"- budget {os.environ.get('BUDGET', '?')} s, {os.environ.get('ELAPSED', '?')} s used so far; "
           "logs: logs.tar.gz beside this file", "",
-          "| step | status | seconds |", "|---|---|---|"]
-    md += [f"| {s['name']} | {s['status_text']} | {s['seconds']} |" for s in steps]
+          "| step | status | seconds | notes |", "|---|---|---|---|"]
+    md += [f"| {s['name']} | {s['status_text']} | {s['seconds']} | {s['note'] if s['status'] == 'ok' else ''} |"
+           for s in steps]
     results: dict = {}
     sections = [("Training throughput and MFU: Shake-Shake-26 2x32d, 56 px, bf16", bench_section(work), "bench"),
                 ("Loader throughput, stage-3 augmentation (`python -m datasets bench`)", loader_section(work), "loaders"),

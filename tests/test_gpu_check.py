@@ -118,7 +118,7 @@ def test_summary_says_why_and_keeps_partial_numbers(tmp_path, monkeypatch):
     work, out = tmp_path / "work", tmp_path / "out"
     for d in ("logs", "results", "notes"):
         (work / d).mkdir(parents=True)
-    (work / "steps.tsv").write_text("install\tok\t0\t3\t\nbench_eager\tskipped\t3\t1\tneeds CUDA\n"
+    (work / "steps.tsv").write_text("install\tok\t0\t3\tinstalled webdataset\nbench_eager\tskipped\t3\t1\tneeds CUDA\n"
                                     "data\tfailed\t1\t2\t\nbench_compiled\ttimeout\t124\t240\t\n")
     (work / "logs" / "data.log").write_text("building\nModuleNotFoundError: No module named 'webdataset'\n")
     row = {"batch": 512, "compile": True, "trainer_images_per_s": 41000.0, "bare_images_per_s": None,
@@ -127,10 +127,10 @@ def test_summary_says_why_and_keeps_partial_numbers(tmp_path, monkeypatch):
     monkeypatch.setenv("PHASE", "core")
     assert gpu_check.main(["summary", str(work), str(out)]) == 0
     md = (out / "summary.md").read_text()
-    assert "| install | ok | 3 |" in md
+    assert "| install | ok | 3 | installed webdataset |" in md
     assert "| bench_eager | skipped (needs CUDA) |" in md
     assert "| data | FAILED (ModuleNotFoundError: No module named 'webdataset') |" in md
-    assert "| bench_compiled | FAILED (timed out after 240 s) | 240 |" in md
+    assert "| bench_compiled | FAILED (timed out after 240 s) | 240 |  |" in md
     assert re.search(r"\| 512 \| True \| 41,000 \| not run \| 1.50 \| 61.5 \| 6.2% of 989 \|", md)
     assert sorted(p.name for p in out.iterdir()) == ["summary.json", "summary.md"]
     assert json.loads((out / "summary.json").read_text())["results"]["bench"][0]["batch"] == 512
