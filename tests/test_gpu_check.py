@@ -90,6 +90,45 @@ def test_dali_wheels_are_split_in_checked_parts_one_folder_each(tmp_path):
     assert run.returncode == 1 and "CORRUPT" in run.stdout
 
 
+def third_party_imports(folders: tuple[str, ...]) -> dict[str, str]:
+    """Top-level module -> a file importing it, over the project's packages and tests."""
+    import ast
+
+    local = {p.name for p in REPO.iterdir() if p.is_dir()} | {p.stem for p in (REPO / "tests").glob("*.py")}
+    local |= {p.stem for p in (REPO / "launch").glob("*.py")}
+    found: dict[str, str] = {}
+    for folder in folders:
+        for path in (REPO / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                         [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
+                for name in names:
+                    top = name.split(".")[0]
+                    if top not in sys.stdlib_module_names and top not in local and top != "__future__":
+                        found.setdefault(top if top != "nvidia" else name, str(path.relative_to(REPO)))
+    return found
+
+
+def test_every_import_is_on_the_node_or_carried():
+    """A new dependency must be on the node or packed by gpu_pack.sh (DALI: its own phase)."""
+    from importlib.metadata import packages_distributions
+
+    from node_env import canonical, node_packages
+
+    carried = re.search(r"CORE_PACKAGES=\(([^)]*)\)", PACK.read_text()).group(1).split()
+    allowed = node_packages() | {canonical(c) for c in carried}
+    dists = packages_distributions()
+    missing = {}
+    for module, where in third_party_imports(("shards", "datasets", "trainer", "tests", "launch")).items():
+        if module.startswith("nvidia.dali"):
+            continue                                   # the DALI phase carries it
+        names = {canonical(d) for d in dists.get(module, [module])}
+        if not names & allowed:
+            missing[module] = where
+    assert not missing, f"imported, but neither on the GPU node nor in CORE_PACKAGES: {missing}"
+    assert {"webdataset", "braceexpand"} <= set(carried)
+
+
 def fake_run(root: Path, metrics: dict, weight: float) -> Path:
     (root / "stages" / "0-joint").mkdir(parents=True)
     (root / "metrics.json").write_text(json.dumps({"classes": ["a"], "final": metrics}))
