@@ -32,8 +32,9 @@
 # failed or timed out, else 0.
 # Environment: PYTHON (default .venv/bin/python, else python3), OUT (default gpu_check_out),
 # WORK (default /tmp/gpu_check), CARRY (.gpu_carry), DALI_CARRY (.gpu_dali), GPU_CHECK_BUDGET
-# (seconds, default 400 core, 360 DALI, 1200 for the smoke), RESUME_TOLERANCE (default 0.06: the difference of two
-# runs whose seeds differ is about 2.4 points here, as the seed-to-seed spread is 1.6-1.9).
+# (seconds, default 400 core, 360 DALI, 1200 for the smoke), RESUME_TOLERANCE (default 0.06:
+# runs that drift apart differ like runs of two seeds, about √2 × the 1.6-1.9-point seed-to-seed
+# spread of balanced accuracy measured on the synthetic sets, so 0.06 is about 2.5 sigma).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
