@@ -7,7 +7,7 @@ from and where augmentation runs; `StreamSpec` says everything else.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -59,12 +59,18 @@ class Normalizer:
         stds = [s or 1.0 for s in stds]
         return cls(float(means[0]), float(stds[0])) if len(means) == 1 else cls(tuple(means), tuple(stds))
 
+    _on_device: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+
     def _per_channel(self, x: torch.Tensor) -> tuple:
+        """Scalars, or [C,1,1] tensors made once per device (a copy to the GPU every batch
+        would wait for it)."""
         if isinstance(self.mean, float):
             return self.mean, self.std
-        shape = (-1, 1, 1)   # channels are dim -3 of [C,S,S] and [B,C,S,S]
-        return (torch.tensor(self.mean, device=x.device).view(shape),
-                torch.tensor(self.std, device=x.device).view(shape))
+        if x.device not in self._on_device:
+            shape = (-1, 1, 1)   # channels are dim -3 of [C,S,S] and [B,C,S,S]
+            self._on_device[x.device] = (torch.tensor(self.mean, device=x.device).view(shape),
+                                         torch.tensor(self.std, device=x.device).view(shape))
+        return self._on_device[x.device]
 
     def from_uint8(self, x: torch.Tensor) -> torch.Tensor:
         """(x/255 − mean)/std in one pass."""

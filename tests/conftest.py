@@ -1,11 +1,16 @@
 """Shared fixtures: a tiny raw NTIRE-layout folder and shards built from it."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+# Read once per process by the CUDA libraries, at their first call: set here, at import, before
+# any test runs (a test's monkeypatch comes after an earlier test's first cuBLAS call).
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # deterministic cuBLAS (use_deterministic_algorithms)
 
 # Deliberately uneven, with a 3-image tail class, so stratification and balancing are visible.
 TINY_COUNTS = (40, 12, 6, 3)

@@ -101,6 +101,7 @@ def test_one_rank_signalled_stops_both_at_the_same_step():
 
 
 @pytest.mark.slow
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the lagged, sync-free path)")
 def test_cuda_agreement_is_lagged_but_identical():
     out = _run_ranks("cuda", signal_at=7)

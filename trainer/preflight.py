@@ -2,6 +2,7 @@
 the resolved recipe and the accelerator. A bad input stops here with one clear error."""
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +25,26 @@ class SpeedSpec:
     cudnn_benchmark: bool
     sgd: str            # auto | foreach | fused | plain (trainer.train.optim.build_optimizer)
     sync_bn: bool
+    deterministic: bool = False
 
     @classmethod
     def resolve(cls, speed: dict, cuda: bool) -> "SpeedSpec":
         on = lambda v: cuda if v == "auto" else bool(v)  # noqa: E731
-        return cls(on(speed["channels_last"]), on(speed["compile"]), on(speed["cudnn_benchmark"]),
-                   speed["sgd"], bool(speed["sync_bn"]))
+        deterministic = bool(speed.get("deterministic", False))
+        return cls(on(speed["channels_last"]), on(speed["compile"]),
+                   on(speed["cudnn_benchmark"]) and not deterministic,   # autotuning picks by timing
+                   speed["sgd"], bool(speed["sync_bn"]), deterministic)
+
+
+def set_deterministic() -> None:
+    """speed.deterministic: the same run gives the same bits on CUDA (a rerun, or a resume after
+    preemption). cuBLAS reads its workspace setting once, at its first call, so it is set here,
+    before any training step (launch/gpu_check.sh also exports it before Python starts). Ops
+    with no deterministic kernel warn, naming themselves, instead of stopping the run."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def make_accelerator(cfg: dict, run_dir: Path, trackers: bool = True):
@@ -103,6 +118,8 @@ class Setup:
 def prepare(cfg: dict, *, trackers: bool = True, check_run: bool = True) -> Setup:
     """Check the run folder and the shards, resolve the recipe, then start the accelerator."""
     run_dir = Path(cfg["run"]["dir"])
+    if cfg["speed"].get("deterministic"):
+        set_deterministic()   # before the accelerator and any CUDA work
     if check_run:
         check_existing_run(cfg, run_dir)
     index = open_shards(cfg)

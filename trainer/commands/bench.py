@@ -8,6 +8,7 @@
   time), and the median ratio of adjacent pairs is printed beside it.
 - gpu: Shake-Shake-26 2x32d at 56 px in bf16 on CUDA, compile on and off: images/s and model
   FLOP utilisation (FLOPs by torch's FlopCounterMode).
+- latency: inference latency per chip of a model at batch 1 and a large batch, with and without TTA.
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def sync(device) -> None:
 
 
 def trainer_setup(model_cfg: dict, batches: list, precision: str, classes: int, compiled: bool = False,
-                  lr_schedule: str = "cosine"):
+                  compile_bare: bool = True, lr_schedule: str = "cosine"):
     """The trainer's own objects for one stage, as run.run_stage builds them."""
     from functools import partial
 
@@ -76,7 +77,8 @@ def trainer_setup(model_cfg: dict, batches: list, precision: str, classes: int, 
     opt_cfg = OptimSpec(**{k: v for k, v in cfg["optim"].items() if k != "precision"})
     model, optimizer = acc.prepare(raw, build_optimizer(set_trainable(raw, "all"), opt_cfg))
     if compiled:
-        model, bare = torch.compile(model), torch.compile(bare)
+        model = torch.compile(model)
+        bare = torch.compile(bare) if compile_bare else bare
     loss = build_loss({"name": "ce"}, [1] * classes).to(acc.device)
     # One call trains one epoch over the batches, exactly as run.run_stage calls the loop.
     epoch = partial(train_epoch, acc, model, optimizer, loss, n_micro=len(batches), global_step=0,
@@ -89,33 +91,39 @@ def trainer_setup(model_cfg: dict, batches: list, precision: str, classes: int, 
 
 
 def compare(model_cfg: dict, *, batch: int, size: int, steps: int, repeats: int, precision: str,
-            classes: int = 10, compiled: bool = False) -> dict:
+            classes: int = 10, compiled: bool = False, bare: bool = True) -> dict:
+    """Images/s of the trainer's step and (bare=True) of a bare loop on the same batches."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     batches = make_batches(steps, batch, size, classes, device)
-    acc, run_epoch, _, bare, bare_opt = trainer_setup(model_cfg, batches, precision, classes, compiled)
+    acc, run_epoch, _, bare_model, bare_opt = trainer_setup(model_cfg, batches, precision, classes, compiled, bare)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(acc.mixed_precision)
     # Warm up both (allocator, cuDNN autotuning, first-call costs).
     run_epoch(0)
-    bare_epoch(bare, bare_opt, batches[:3], dtype)
-    times = {"trainer": [], "bare": []}
+    if bare:
+        bare_epoch(bare_model, bare_opt, batches[:3], dtype)
+    times = {"trainer": [], "bare": []} if bare else {"trainer": []}
     for r in range(repeats):
-        for name in (("trainer", "bare") if r % 2 == 0 else ("bare", "trainer")):
+        for name in [n for n in (("trainer", "bare") if r % 2 == 0 else ("bare", "trainer")) if n in times]:
             sync(device)
             t = time.perf_counter()
             if name == "trainer":
                 run_epoch(r + 1)
             else:
-                bare_epoch(bare, bare_opt, batches, dtype)
+                bare_epoch(bare_model, bare_opt, batches, dtype)
             sync(device)
             times[name].append(time.perf_counter() - t)
     images = steps * batch
     # Best of N, as timeit does: on a shared machine noise only ever adds time.
     ips = {k: images / min(v) for k, v in times.items()}
-    pair_ratios = [b / t for t, b in zip(times["trainer"], times["bare"])]
-    return {"median_pair_ratio": statistics.median(pair_ratios),"device": str(device), "model": model_cfg, "batch": batch, "size": size, "steps": steps,
-            "repeats": repeats, "precision": acc.mixed_precision, "threads": torch.get_num_threads(),
-            "trainer_images_per_s": ips["trainer"], "bare_images_per_s": ips["bare"],
-            "ratio": ips["trainer"] / ips["bare"], "overhead": 1 - ips["trainer"] / ips["bare"]}
+    res = {"device": str(device), "model": model_cfg, "batch": batch, "size": size, "steps": steps,
+           "repeats": repeats, "precision": acc.mixed_precision, "threads": torch.get_num_threads(),
+           "trainer_images_per_s": ips["trainer"], "bare_images_per_s": None, "ratio": None,
+           "overhead": None, "median_pair_ratio": None}
+    if bare:
+        pair_ratios = [b / t for t, b in zip(times["trainer"], times["bare"])]
+        res.update({"median_pair_ratio": statistics.median(pair_ratios), "bare_images_per_s": ips["bare"],
+                    "ratio": ips["trainer"] / ips["bare"], "overhead": 1 - ips["trainer"] / ips["bare"]})
+    return res
 
 
 def train_flops_per_image(model_cfg: dict, size: int, device, dtype) -> float:
@@ -138,10 +146,10 @@ def peak_tflops(name: str) -> float | None:
     return None
 
 
-def gpu_throughput(steps: int, repeats: int, batch: int, compiled: bool = False) -> dict:
+def gpu_throughput(steps: int, repeats: int, batch: int, compiled: bool = False, bare: bool = True) -> dict:
     model_cfg = {"name": "shake_shake", "depth": 26, "width": 32}
     res = compare(model_cfg, batch=batch, size=56, steps=steps, repeats=repeats, precision="bf16",
-                  compiled=compiled)
+                  compiled=compiled, bare=bare)
     flops = train_flops_per_image(model_cfg, 56, torch.device("cuda"), torch.bfloat16)
     name = torch.cuda.get_device_name()
     peak = peak_tflops(name)
@@ -210,24 +218,56 @@ def gpu_main(argv: list[str]) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch", type=int, nargs="+", default=[128, 512])
     p.add_argument("--compile", choices=["on", "off", "both"], default="both")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--bare", choices=["on", "off"], default="on",
+                   help="also time a bare PyTorch loop (off: the trainer only, one compile fewer)")
+    p.add_argument("--json", action="store_true", help="one JSON object a line, per configuration")
     a = p.parse_args(argv)
     if not torch.cuda.is_available():
         raise ConfigError("bench gpu: needs CUDA")
-    results = [gpu_throughput(a.steps, a.repeats, b, c) for b in a.batch
-               for c in ({"on": [True], "off": [False]}.get(a.compile, [False, True]))]
-    if a.json:
-        print(json.dumps(results, indent=1))
-        return 0
-    for r in results:
-        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (unknown peak)"
-        print(f"{r['gpu']}: batch {r['batch']} compile {r['compile']}: trainer {r['trainer_images_per_s']:.0f} "
-              f"images/s, bare {r['bare_images_per_s']:.0f} images/s, {r['train_gflops_per_image']:.2f} "
-              f"GFLOP/image, {r['achieved_tflops']:.1f} TFLOP/s, MFU {mfu}")
+    torch.backends.cudnn.benchmark = True   # as the trainer sets it on CUDA (speed.cudnn_benchmark: auto)
+    for b in a.batch:
+        for c in {"on": [True], "off": [False]}.get(a.compile, [False, True]):
+            torch._dynamo.reset()   # one configuration at a time: no recompile across batch sizes
+            r = gpu_throughput(a.steps, a.repeats, b, c, a.bare == "on")
+            # Printed as soon as measured (--json: one object a line), so a run cut short keeps it.
+            print(json.dumps(r) if a.json else format_gpu(r), flush=True)
     return 0
 
 
-MODES = {"e2e": e2e_main, "step": step_main, "gpu": gpu_main}
+def format_gpu(r: dict) -> str:
+    mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (unknown peak)"
+    bare = f"{r['bare_images_per_s']:.0f} images/s" if r["bare_images_per_s"] else "not run"
+    return (f"{r['gpu']}: batch {r['batch']} compile {r['compile']}: trainer {r['trainer_images_per_s']:.0f} "
+            f"images/s, bare {bare}, {r['train_gflops_per_image']:.2f} "
+            f"GFLOP/image, {r['achieved_tflops']:.1f} TFLOP/s, MFU {mfu}")
+
+
+def latency_main(argv: list[str]) -> int:
+    """Inference latency per chip of an untrained model (latency does not depend on the weights)."""
+    from trainer.inference import measure, to_markdown
+    from trainer.models import build_model
+
+    p = argparse.ArgumentParser(prog="python -m trainer bench latency",
+                                description="Latency per chip at batch 1 and a large batch, with and without TTA.")
+    p.add_argument("--model", default="shake_shake")
+    p.add_argument("--depth", type=int, default=26)
+    p.add_argument("--width", type=int, default=32)
+    p.add_argument("--size", type=int, default=56, help="input px")
+    p.add_argument("--large-batch", type=int, default=256)
+    p.add_argument("--tta", type=int, default=2, help="TTA views (2: identity + the mirror, as tta=auto picks)")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args(argv)
+    if min(a.size, a.large_batch, a.tta, a.repeats) < 1:
+        raise ConfigError("bench latency: --size, --large-batch, --tta and --repeats must be >= 1")
+    cfg = {"name": a.model, "depth": a.depth, "width": a.width}
+    fig = measure(build_model(cfg, 10), a.size, large_batch=a.large_batch, tta_views=a.tta, repeats=a.repeats)
+    fig["model"] = cfg
+    print(json.dumps(fig) if a.json else f"{a.model}-{a.depth} w{a.width}, untrained weights\n" + to_markdown(fig))
+    return 0
+
+
+MODES = {"e2e": e2e_main, "step": step_main, "gpu": gpu_main, "latency": latency_main}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -116,6 +116,7 @@ SCHEMA = {
         "cudnn_benchmark": auto_bool(),
         "sgd": field(str, "auto", ["auto", "foreach", "fused", "plain"]),
         "sync_bn": field(bool, False),
+        "deterministic": field(bool, False),  # bit-identical CUDA reruns: cuDNN deterministic, no benchmark
     },
     "eval": {
         "groups": OPEN,
