@@ -159,16 +159,8 @@ SECONDS_OF[unreachable_head]="$(since "$t")"
 say "unreachable head in ${SECONDS_OF[unreachable_head]} s ($WHAT)"
 
 # ---------------------------------------------------------------- 6. summary
-"$PYTHON" - "$OUT/two_node_check.json" "$RUN/run.json" "$WHAT" "$ACC" \
+"$PYTHON" launch/slurm/two_node_summary.py "$OUT/two_node_check.json" "$RUN/run.json" "$WHAT" "$ACC" \
     "data=${SECONDS_OF[data]}" "cluster_start=${SECONDS_OF[cluster_start]}" "plain_run=${SECONDS_OF[plain_run]}" \
-    "preempted_run=${SECONDS_OF[preempted_run]}" "unreachable_head=${SECONDS_OF[unreachable_head]}" <<'PY'
-import ast, json, sys
-from shards.atomic import write_json
-path, run_json, what, acc, *parts = sys.argv[1:]
-seconds = {k: float(v) for k, v in (p.split("=") for p in parts)}
-run = json.load(open(run_json))
-write_json(path, {"ok": True, "hosts": run["hosts"], "world_size": run["world_size"], "seconds": seconds,
-                  "test_per_class_acc": ast.literal_eval(acc), "unreachable_head": what}, indent=1)
-PY
+    "preempted_run=${SECONDS_OF[preempted_run]}" "unreachable_head=${SECONDS_OF[unreachable_head]}"
 say "passed: $(for k in data cluster_start plain_run preempted_run unreachable_head; do printf '%s %s s, ' "$k" "${SECONDS_OF[$k]}"; done)summary in $OUT/two_node_check.json"
 exit 0
