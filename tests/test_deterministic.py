@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from trainer.config import validate
+from trainer.spec.config import validate
 from trainer.errors import ConfigError
 from trainer.preflight import SpeedSpec, set_deterministic
 

@@ -244,7 +244,7 @@ def format_gpu(r: dict) -> str:
 
 def latency_main(argv: list[str]) -> int:
     """Inference latency per chip of an untrained model (latency does not depend on the weights)."""
-    from trainer.inference import measure, to_markdown
+    from trainer.commands.latency import measure, to_markdown
     from trainer.models import build_model
 
     p = argparse.ArgumentParser(prog="python -m trainer bench latency",
