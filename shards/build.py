@@ -64,6 +64,7 @@ def build_shards(raw: Path, out: Path, *, val_fraction: float = 0.1, seed: int =
     """
     check_options(val_fraction, shard_size, split, size_range, unlabeled, labels_csv)
     raw, out = Path(raw).resolve(), Path(out)
+    check_apart(raw, out)
     with out_lock(out):
         existing = load_existing(out, unlabeled)
         mods = resolve_modalities(modalities, existing)
@@ -112,6 +113,15 @@ def check_options(val_fraction: float, shard_size: int, split: str | None,
                          "(e.g. --split ood)")
     if unlabeled and labels_csv is not None:
         raise ValueError("an unlabeled split takes no labels CSV")
+
+
+def check_apart(raw: Path, out: Path) -> None:
+    """OUT inside RAW would be read as a class folder of its own shards (and RAW inside OUT
+    could be removed as orphans): refuse both before anything is written."""
+    o = out.resolve()
+    if o == raw or raw in o.parents or o in raw.parents:
+        raise DataError(f"{out}: the output folder and the raw folder {raw} must not contain "
+                        "one another; choose an OUT outside the raw data")
 
 
 @contextmanager

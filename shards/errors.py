@@ -31,8 +31,9 @@ def storage_error(e: OSError, path: Path | str, what: str) -> Exception:
 
 
 def printable(text: object) -> str:
-    """`text` with control characters (a newline in a file name) escaped: messages stay one line."""
-    return re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], str(text))
+    """`text` with control characters (a newline in a file name, or anything else Python's
+    `splitlines` breaks on: C1 controls, U+2028/U+2029) escaped: messages stay one line."""
+    return re.sub(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]", lambda m: ascii(m.group())[1:-1], str(text))
 
 
 def exit_on_error(command: Callable[[], int], errors: tuple[type[Exception], ...] = (DataError,)) -> int:

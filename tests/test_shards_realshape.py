@@ -206,5 +206,25 @@ def test_display_names_only_where_the_data_carries_them(tmp_path):
     raw = write_raw(tmp_path / "b" / "train_images", counts=(3, 3))
     (tmp_path / "b" / "synth.json").write_text('{"classes": ["van", "bus"]}')   # the synthetic set's record
     assert build(raw, tmp_path / "b" / "out").source["builds"][-1]["class_names"] == ["van", "bus"]
-    named = write_train(tmp_path / "c", per_class=2, classes=("2S1", "BMP2"))
+    named = write_train(tmp_path / "c" / "raw", per_class=2, classes=("2S1", "BMP2"))
     assert build(named, tmp_path / "c" / "out").source["builds"][-1]["class_names"] is None
+
+
+@pytest.mark.parametrize("inside", ["out_in_raw", "raw_in_out", "same"])
+def test_out_and_raw_must_not_nest(tmp_path, capsys, inside):
+    from shards.__main__ import main
+
+    raw = write_train(tmp_path / "data", per_class=2, classes=("2S1", "BMP2"))
+    out = {"out_in_raw": raw / "shards", "raw_in_out": tmp_path, "same": raw}[inside]
+    assert main(["build", str(raw), str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "must not contain one another" in err[0]
+    assert not (raw / "shards").exists() and not (out / "index.json").exists()
+
+
+@pytest.mark.parametrize("char", ["\n", "\x85", "\u2028", "\x1e", "\x7f"])
+def test_error_lines_stay_one_line_whatever_a_name_holds(char):
+    from shards.errors import printable
+
+    text = printable(f"a{char}b")
+    assert len(text.splitlines()) == 1 and text.startswith("a\\") and text.endswith("b")
