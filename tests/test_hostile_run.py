@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from case_table import record
 from test_hostile import changes, refuse_writes, snapshot
 from trainer.__main__ import main
 from trainer_helpers import PYTHON, REPO, TINY, build_tiny, recipe_overrides, write_test_images
@@ -192,11 +193,13 @@ def test_hostile_run(case: Case, finished: Path, tmp_path: Path, monkeypatch, ca
         case.patch(monkeypatch, tmp_path)
     code, err = run_cli(case, argv, capsys)
     monkeypatch.undo()
-    assert code == case.code, err
     lines = [x for x in err.splitlines() if x.startswith("error")]
+    diff = changes(before, snapshot(tmp_path))
+    record(case.name, code, " / ".join(lines), diff)
+    assert code == case.code, err
     assert len(lines) == 1, err
     assert re.search(case.message, lines[0]), lines[0]
-    changed = {p for p in changes(before, snapshot(tmp_path)) if not re.search(case.may_change, p)}
+    changed = {p for p in diff if not re.search(case.may_change, p)}
     assert not changed, f"changed: {sorted(changed)}"
     assert not (tmp_path / "run" / ".lock").exists()
 
