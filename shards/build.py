@@ -35,6 +35,7 @@ from shards.layout import (DEFAULT_LAYOUT, Layout, check_matches_existing, check
                            resolve_layout, resolve_modalities, resolve_spec)
 from shards.members import MEMBER_FIELDS, column_name
 from shards.pixels import DEFAULT_SIZE_RANGE, channel_stats
+from shards.names import natural_key
 from shards.raw import UNLABELED, RawImage, RawListing, scan_raw
 from shards.state import STATE_DIR, BuildState
 from shards.tarscan import dali_index_path
@@ -170,10 +171,12 @@ def load_existing(out: Path, unlabeled: bool = False) -> ClassIndex | None:
 
 
 def stratify(listing: RawListing, val_fraction: float, seed: int) -> dict[str, list[RawImage]]:
-    """Per class round(val_fraction * n) images to val, but at least 1 in each split."""
+    """Per class round(val_fraction * n) images to val, but at least 1 in each split. Each class
+    is drawn from in the natural order of its file names (then relative paths), so the same
+    files give the same split however they are arranged in sub-folders."""
     rng = np.random.default_rng(seed)
     by_class: list[list[RawImage]] = [[] for _ in listing.classes]
-    for im in listing.images:
+    for im in sorted(listing.images, key=lambda im: (natural_key(im.path.name), natural_key(im.relative))):
         by_class[im.label].append(im)
     train: list[RawImage] = []
     val: list[RawImage] = []

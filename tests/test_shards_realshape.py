@@ -228,3 +228,23 @@ def test_error_lines_stay_one_line_whatever_a_name_holds(char):
 
     text = printable(f"a{char}b")
     assert len(text.splitlines()) == 1 and text.startswith("a\\") and text.endswith("b")
+
+
+def test_the_split_follows_the_files_not_their_folders(tmp_path):
+    """The same chips, once as NTIRE class folders and once under named class folders with
+    serial sub-folders, get the same train/val split, in the same order."""
+    import shutil
+
+    from conftest import write_raw
+
+    ntire = write_raw(tmp_path / "ntire", counts=(9, 7))
+    for label, name in enumerate(("a_sedan", "b_van")):
+        for i, f in enumerate(sorted((ntire / str(label)).glob("SAR_*.png"), reverse=True)):
+            dest = tmp_path / "named" / name / f"SN_{i % 3}" / f.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, dest)
+    a, b = build(ntire, tmp_path / "a"), build(tmp_path / "named", tmp_path / "b")
+    for split in ("train", "val"):
+        pa, pb = stored(a, split), stored(b, split)
+        assert [p.tobytes() for p in pa.values()] == [p.tobytes() for p in pb.values()]
+        assert list(a.split(split).labels) == list(b.split(split).labels)
