@@ -62,6 +62,25 @@ def print_table(runs: dict[str, dict]) -> None:
             print(format_ood(name, metrics["final"]["ood"]))
 
 
+def format_end(run_dir: Path, wall_s: float, resumed: bool) -> str:
+    """The last lines of a run: how long it took, where its files are, what to run next."""
+    from trainer.train.progress import format_seconds
+
+    run_dir = Path(run_dir)
+    files = sorted(p.name + ("/" if p.is_dir() else "") for p in run_dir.iterdir()
+                   if not p.name.startswith(".") and p.name != "checkpoints")
+    stages = sorted(str(p.relative_to(run_dir)) for p in run_dir.glob("stages/*/model.pt"))
+    took = format_seconds(wall_s) + (" (this process, since the resume)" if resumed else "")
+    return "\n".join([
+        f"finished in {took}; run folder {run_dir}",
+        f"  files: {', '.join(files)}",
+        f"  weights: {', '.join(stages)}",
+        "  next:",
+        f"    python -m trainer report {run_dir}",
+        f"    python -m trainer predict {run_dir} --images DIR --out results.csv",
+        f"    python -m trainer export {run_dir}"])
+
+
 def format_ood(name: str, ood: dict) -> str:
     lines = [f"{name}: out-of-distribution, {ood['known_split']} (known) vs {ood['num_unknown']} "
              f"{ood['unknown_split']} chips (unknown)"]

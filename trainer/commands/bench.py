@@ -83,8 +83,7 @@ def trainer_setup(model_cfg: dict, batches: list, precision: str, classes: int, 
     # One call trains one epoch over the batches, exactly as run.run_stage calls the loop.
     epoch = partial(train_epoch, acc, model, optimizer, loss, n_micro=len(batches), global_step=0,
                     schedule=Schedule(len(batches), 1000, opt_cfg.lr, 1, 0.0, opt_cfg.schedule, opt_cfg.min_lr),
-                    to_full=lambda z: raw.classifier.to_full_logits(z, classes), label=(0, "bench"),
-                    progress_bar=False)
+                    to_full=lambda z: raw.classifier.to_full_logits(z, classes), label=(0, "bench"))
     run_epoch = lambda e: epoch(iter(batches), epoch=e)  # noqa: E731
     bare_opt = build_optimizer([p for p in bare.parameters()], opt_cfg)
     return acc, run_epoch, model, bare, bare_opt
