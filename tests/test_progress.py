@@ -47,6 +47,7 @@ def test_sixty_step_run_logged_to_a_file(shards, tmp_path):
     assert f"run folder {run}" in lines[end]
     assert "metrics.json" in text and f"python -m trainer report {run}" in text
     assert "\r" not in text  # no progress bar in a log file
+    assert "  CPU threads: 1 per process (OMP_NUM_THREADS)" in lines
 
     history = [json.loads(s) for s in (run / "history.jsonl").read_text().splitlines()]
     per_epoch = history[0]["step"] if history[0]["kind"] == "train" else None

@@ -15,6 +15,7 @@ from trainer.spec.config import config_differences, load_run_config
 from trainer.errors import ConfigError
 from trainer.spec.resolve import RecipeSpec, resolve
 from trainer.streams import Streams, choose_loader, per_rank_batch
+from trainer.threads import apply_threads
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ class Setup:
     accelerator: object
     streams: Streams
     speed: SpeedSpec
+    threads: str = ""     # the CPU thread budget, for the banner
 
     @property
     def main(self) -> bool:
@@ -118,6 +120,7 @@ class Setup:
 def prepare(cfg: dict, *, trackers: bool = True, check_run: bool = True) -> Setup:
     """Check the run folder and the shards, resolve the recipe, then start the accelerator."""
     run_dir = Path(cfg["run"]["dir"])
+    threads = apply_threads()   # before any torch work starts its thread pool
     if cfg["speed"].get("deterministic"):
         set_deterministic()   # before the accelerator and any CUDA work
     if check_run:
@@ -143,4 +146,4 @@ def prepare(cfg: dict, *, trackers: bool = True, check_run: bool = True) -> Setu
         per_rank_batch(data["batch_size"], acc.num_processes, stage.optim.grad_accum)
     if speed.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True   # fixed chip size: the autotuned kernels stay valid
-    return Setup(cfg, run_dir, index, recipe, acc, streams, speed)
+    return Setup(cfg, run_dir, index, recipe, acc, streams, speed, threads)

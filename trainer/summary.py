@@ -99,6 +99,7 @@ def banner(setup, sizes: dict[str, int]) -> dict:
     info = {
         "run_dir": str(setup.run_dir), "recipe": setup.cfg["run"]["recipe"],
         "world_size": acc.num_processes, "devices": list(devices), **_where(),
+        "threads": getattr(setup, "threads", ""),
         "precision": acc.mixed_precision, "loader": setup.streams.kind,
         "input_size": recipe.input_size, "model": recipe.model, "range_axis": recipe.range_axis,
         "tta_views": list(recipe.tta_views),
@@ -124,6 +125,8 @@ def format_banner(info: dict) -> str:
              f"head {info['model']['head']}, input {info['input_size']} px, global batch {info['global_batch']}",
              f"  data: {sizes}; radar range axis {info['range_axis']}; TTA {'+'.join(info['tta_views'])}",
              f"  stages: {stages}"]
+    if info.get("threads"):
+        lines.insert(1, f"  CPU threads: {info['threads']}")
     lines += [f"  note: {n}" for n in info["notes"]]
     return "\n".join(lines[:1] + [_format_where(info)] + lines[1:])
 
