@@ -46,6 +46,7 @@ def test_sixty_step_run_logged_to_a_file(shards, tmp_path):
     assert end > lines.index(steps[-1])
     assert f"run folder {run}" in lines[end]
     assert "metrics.json" in text and f"python -m trainer report {run}" in text
+    assert len((run / "metrics_per_class.csv").read_text().splitlines()) == 5   # header + 4 classes
     assert "\r" not in text  # no progress bar in a log file
     assert "  CPU threads: 1 per process (OMP_NUM_THREADS)" in lines
 

@@ -26,6 +26,7 @@ from trainer.posthoc import fit as posthoc
 from trainer.spec.config import load_run_config, save_config
 from trainer.errors import TrainingError
 from trainer.evaluate.evaluator import Evaluator
+from trainer.evaluate.files import write_metrics
 from trainer.train.history import History
 from trainer.train.loop import Hooks, train_epoch
 from trainer.losses import build_loss
@@ -315,7 +316,7 @@ def finish(run: Run) -> None:
     for ev in [final.get("val"), final.get("test")] + [r.get("val") for r in run.results]:
         name_per_class(ev or {}, metrics["classes"])   # per-class results by class name
     if acc.is_main_process:
-        write_json(setup.run_dir / "metrics.json", metrics)
+        write_metrics(setup.run_dir, metrics, setup.index.split("train").class_counts())
         # metrics.json stays a function of the recipe; how long it took goes to run.json: the
         # seconds of the process that finished the run (a resumed run counts from its resume)
         info = json.loads((setup.run_dir / "run.json").read_text())
