@@ -69,6 +69,19 @@ def make_accelerator(cfg: dict, run_dir: Path, trackers: bool = True):
                        log_with="tensorboard" if trackers else None, kwargs_handlers=[ddp])
 
 
+def agree_run_dir(acc, cfg: dict, run_dir: Path) -> Path:
+    """Every rank uses rank 0's run folder (a default dated folder is named per process)."""
+    if acc.num_processes == 1:
+        return run_dir
+    from accelerate.utils import broadcast_object_list
+
+    shared = [str(run_dir)]
+    broadcast_object_list(shared)
+    cfg["run"]["dir"] = shared[0]
+    acc.project_configuration.project_dir = acc.project_configuration.logging_dir = shared[0]
+    return Path(shared[0])
+
+
 def open_shards(cfg: dict) -> ClassIndex:
     """The shard index, with the train and val splits every run needs (DataError if missing)."""
     index = ClassIndex.load(cfg["data"]["shards"])
@@ -128,6 +141,7 @@ def prepare(cfg: dict, *, trackers: bool = True, check_run: bool = True) -> Setu
     index = open_shards(cfg)
     recipe = resolve(cfg, index)
     acc = make_accelerator(cfg, run_dir, trackers)
+    run_dir = agree_run_dir(acc, cfg, run_dir)
     data = cfg["data"]
     channels = recipe.model["in_channels"]
     pixels = sum(len(s) for s in index.splits.values()) * recipe.input_size ** 2 * channels

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +54,22 @@ def load_config(recipe: str, overrides: list[str] = ()) -> dict:
     apply_overrides(raw, overrides)
     cfg = validate(raw, source=str(path))
     if cfg["run"]["dir"] is None:
-        cfg["run"]["dir"] = str(Path("runs") / path.stem)
+        cfg["run"]["dir"] = str(fresh_run_dir(path.stem))
     if cfg["run"]["recipe"] is None:
         cfg["run"]["recipe"] = str(path)
     return cfg
+
+
+def fresh_run_dir(recipe: str, root: Path = Path("runs"), now: float | None = None) -> Path:
+    """The default run folder: runs/<recipe>/<YYYYmmdd-HHMMSS>, a new one for every run (a
+    suffix when that second's folder exists). Continuing a run is explicit: `resume RUN`, or
+    the same run.dir again. Under several processes rank 0's choice wins (preflight.prepare)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    folder, n = root / recipe / stamp, 1
+    while folder.exists():
+        n += 1
+        folder = root / recipe / f"{stamp}-{n}"
+    return folder
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> None:

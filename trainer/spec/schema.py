@@ -130,6 +130,7 @@ MOVED = {("stage", "lr"): "{}.optim.lr"}
 CLASSIFIERS = tuple(SCHEMA["posthoc"])
 DEFAULT_LOSS = {"name": "ce"}
 # Keys that may differ between a run and its resumption (they do not change results).
-RESUME_FREE = {("data", "num_workers"), ("run", "progress_bar"),
+# run.dir: a moved or copied run folder still resumes.
+RESUME_FREE = {("data", "num_workers"), ("run", "progress_bar"), ("run", "dir"), ("run", "log_every"),
                ("data", "loader"), ("data", "dali_threads"), ("run", "recipe"),
                *(("speed", k) for k in SCHEMA["speed"])}
