@@ -104,15 +104,19 @@ def banner(setup, sizes: dict[str, int]) -> dict:
         "input_size": recipe.input_size, "model": recipe.model, "range_axis": recipe.range_axis,
         "tta_views": list(recipe.tta_views),
         "split_sizes": sizes, "global_batch": setup.cfg["data"]["batch_size"],
-        "stages": [{"name": s.name, "length": s.length, "epochs": s.epochs,
-                    "steps_per_epoch": s.steps_per_epoch, "steps": s.total_steps} for s in recipe.stages],
-        "notes": list(recipe.notes),
+        "stages": stage_lengths(recipe), "notes": list(recipe.notes),
         "versions": {"python": platform.python_version(), "torch": torch.__version__},
     }
     if acc.is_main_process:
         write_json(Path(setup.run_dir) / "run.json", info, indent=1)
         print(format_banner(info), flush=True)
     return info
+
+
+def stage_lengths(recipe) -> list[dict]:
+    """Each stage's length as the banner and RUN/run.json give it."""
+    return [{"name": s.name, "length": s.length, "epochs": s.epochs, "steps_per_epoch": s.steps_per_epoch,
+             "steps": s.total_steps} for s in recipe.stages]
 
 
 def format_banner(info: dict) -> str:

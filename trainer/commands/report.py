@@ -21,6 +21,7 @@ from shards.atomic import write_atomic
 from shards.errors import DataError, exit_on_error
 from shards.index import ClassIndex
 from trainer.commands import latency, plots
+from trainer.commands.cli import report_parser
 from trainer.train.checkpoint import load_weights
 from trainer.commands.embedding import section_features
 from trainer.errors import USER_ERRORS, ConfigError
@@ -301,16 +302,7 @@ def write_report(run: RunFolder, *, features: bool = True, inference: bool = Tru
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainer report",
-                                description="Write RUN/report/*.png and RUN/report/report.md.")
-    p.add_argument("run", type=Path, help="run folder (holds config.yaml and metrics.json)")
-    p.add_argument("--max-per-class", type=int, default=200, help="validation chips per class in the feature plots")
-    p.add_argument("--no-features", action="store_true", help="skip the feature projections")
-    p.add_argument("--no-inference", action="store_true", help="skip the size/latency measurement")
-    p.add_argument("--large-batch", type=int, default=256, help="the large batch for the latency figures")
-    p.add_argument("--repeats", type=int, default=10, help="timed repeats per latency figure (median)")
-    p.add_argument("--device", default=None, help="cpu | cuda[:i] (default: cuda if available)")
-    args = p.parse_args(argv)
+    args = report_parser().parse_args(argv)
     return exit_on_error(lambda: _report(args), USER_ERRORS)
 
 

@@ -16,8 +16,8 @@ import yaml
 from shards.atomic import write_atomic
 from trainer.errors import ConfigError
 from trainer.spec.schedule import LENGTHS
-from trainer.spec.schema import (CLASSIFIERS, DEFAULT_LOSS, MOVED, OPEN, REQUIRED, RESUME_FREE,
-                            SCHEMA, STAGE, Field)
+from trainer.spec.schema import (CLASSIFIERS, DEFAULT_LOSS, LIGHT_SCHEMA, MOVED, OPEN, REQUIRED, RESUME_FREE,
+                                 STAGE, Field, full_schema)
 
 RECIPES_DIR = Path(__file__).parents[1] / "recipes"
 
@@ -211,14 +211,15 @@ def _join(path: str, key: Any) -> str:
 
 def validate(raw: dict, source: str = "recipe") -> dict:
     try:
-        cfg = _check_section("", SCHEMA, raw)
+        _check_semantics(_check_section("", LIGHT_SCHEMA, raw), light=True)   # all but posthoc.<name>.*, no torch
+        cfg = _check_section("", full_schema(), raw)
         _check_semantics(cfg)
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
     return cfg
 
 
-def _check_semantics(cfg: dict) -> None:
+def _check_semantics(cfg: dict, light: bool = False) -> None:
     """Checks that need more than one key; the ones that need the shards are in trainer.spec.resolve."""
     data = cfg["data"]
     for key in ("input_size", "tta"):
@@ -231,7 +232,7 @@ def _check_semantics(cfg: dict) -> None:
         raise ConfigError("data.num_workers: must be >= 0")
     if cfg["optim"]["grad_accum"] < 1:
         raise ConfigError("optim.grad_accum: must be >= 1")
-    for name, sec in cfg["posthoc"].items():
+    for name, sec in ({} if light else cfg["posthoc"]).items():
         if any(k in sec for k in LENGTHS):
             _check_length(f"posthoc.{name}", sec)
     names = set()
