@@ -98,3 +98,17 @@ def test_dry_run_prints_every_stage_and_writes_nothing(tmp_path):
     bad = subprocess.run([PYTHON, "-m", "trainer", "--config", "joint_mini", f"data.shards={tmp_path / 'none'}",
                           "--dry-run"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert bad.returncode == 2 and "error:" in bad.stderr
+
+
+def test_launcher_precision_is_refused_when_it_differs_from_the_recipe(monkeypatch):
+    from trainer.errors import ConfigError
+    from trainer.preflight import check_launcher_precision
+
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    check_launcher_precision("auto", "no")
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")   # launch/accelerate/*.yaml: the recipe decides
+    check_launcher_precision("bf16", "bf16")
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    check_launcher_precision("auto", "bf16")                  # the same: nothing to refuse
+    with pytest.raises(ConfigError, match="the recipe decides the precision .*optim.precision=bf16"):
+        check_launcher_precision("auto", "no")

@@ -58,6 +58,7 @@ def make_accelerator(cfg: dict, run_dir: Path, trackers: bool = True):
         precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
     if not cuda and precision == "fp16":
         raise ConfigError("optim.precision: fp16 needs CUDA; use no or bf16 on the CPU")
+    check_launcher_precision(cfg["optim"]["precision"], precision)
     project = ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir))
     # No buffer broadcast before every forward: BatchNorm statistics are averaged over the ranks
     # after each epoch (run.average_batchnorm_stats) and saved per rank in checkpoints. (Newer
@@ -80,6 +81,16 @@ def agree_run_dir(acc, cfg: dict, run_dir: Path) -> Path:
     cfg["run"]["dir"] = shared[0]
     acc.project_configuration.project_dir = acc.project_configuration.logging_dir = shared[0]
     return Path(shared[0])
+
+
+def check_launcher_precision(asked: str, precision: str) -> None:
+    """`accelerate launch --mixed_precision X` (or a default accelerate config) reaches the run as
+    ACCELERATE_MIXED_PRECISION; the recipe decides, so a different X is refused, not ignored."""
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    if launcher not in ("no", precision):
+        raise ConfigError(f"accelerate launch --mixed_precision {launcher}: the recipe decides the precision "
+                          f"(optim.precision={asked}, here {precision}); drop the flag (or set mixed_precision: "
+                          f"no in the accelerate config), or set optim.precision={launcher}")
 
 
 def open_shards(cfg: dict) -> ClassIndex:

@@ -148,7 +148,7 @@ def _turns_the_radar(where: str, st: dict, axis: str) -> list[str]:
     if st["augment"]["rotate"] == "none" or axis not in ("horizontal", "vertical"):
         return []
     return [f"{where}: augment.rotate={st['augment']['rotate']} turns the radar's look direction, which "
-            f"is fixed in these chips (range axis {axis}); rotation cost 15 points on real SAR (DESIGN §6b)"]
+            f"is fixed in these chips (range axis {axis}); rotation cost 15 points on real SAR (docs/augmentation.md)"]
 
 
 def _stage(cfg: dict, i: int, st: dict, head: list[int], counts: np.ndarray) -> tuple[StageSpec, list[int]]:
