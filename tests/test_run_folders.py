@@ -73,3 +73,33 @@ def test_two_processes_agree_on_rank_zeros_run_folder(finished, tmp_path):
            f"run.dir={run}", *LAUNCH_TINY)
     assert (tmp_path / "run-rank0" / "metrics.json").is_file()
     assert not (tmp_path / "run-rank1").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("logger", ["csv", "none"])
+def test_loggers_csv_and_none(finished, tmp_path, logger):
+    import csv
+
+    shards, _ = finished
+    run = tmp_path / "run"
+    assert main(["--config", "joint_mini", f"data.shards={shards}", f"run.dir={run}", *TINY,
+                 "stages.0.epochs=2", f"run.log_with={logger}"]) == 0
+    assert not (run / "tb").exists()
+    if logger == "csv":
+        rows = list(csv.DictReader((run / "scalars.csv").open()))
+        assert {"train/loss", "val/top1", "val/balanced_acc"} <= {r["key"] for r in rows}
+        assert all(float(r["value"]) == float(r["value"]) for r in rows)
+    else:
+        assert not (run / "scalars.csv").exists()
+
+
+def test_wandb_without_the_package_is_one_clear_error(monkeypatch, tmp_path):
+    import importlib.util
+
+    from trainer.errors import ConfigError
+    from trainer.trackers import log_with
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(ConfigError, match="pip install wandb"):
+        log_with("wandb", tmp_path)

@@ -16,6 +16,7 @@ from trainer.errors import ConfigError
 from trainer.spec.resolve import RecipeSpec, resolve
 from trainer.streams import Streams, choose_loader, per_rank_batch
 from trainer.threads import apply_threads
+from trainer.trackers import log_with
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,8 @@ def make_accelerator(cfg: dict, run_dir: Path, trackers: bool = True):
     warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
     # cpu=True without CUDA: otherwise two CPU processes each believe they are rank 0 of 1.
     return Accelerator(cpu=not cuda, mixed_precision=precision, project_config=project,
-                       log_with="tensorboard" if trackers else None, kwargs_handlers=[ddp])
+                       log_with=log_with(cfg["run"].get("log_with", "tensorboard"), run_dir) if trackers else None,
+                       kwargs_handlers=[ddp])
 
 
 def agree_run_dir(acc, cfg: dict, run_dir: Path) -> Path:

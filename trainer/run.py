@@ -33,6 +33,7 @@ from trainer.losses import build_loss
 from trainer.models import build_model
 from trainer.train.preemption import install, stop_requested
 from trainer.train.progress import StageProgress
+from trainer.trackers import project_name
 from trainer.train.run_lock import run_lock
 from trainer.preflight import Setup, prepare
 from trainer.spec.resolve import StageSpec
@@ -128,7 +129,7 @@ def _train_locked(cfg: dict, setup: Setup, hooks: Hooks | None, started: float) 
               resumed=progress is not None)
     run.hooks = replace(hooks or Hooks(), log=run.log, should_stop=lambda: stop_requested(acc))
     install()  # SIGTERM/SIGUSR2 set a flag; the loop checkpoints and exits 0 at the next step
-    acc.init_trackers("tb", config=_flat_hparams(cfg))
+    acc.init_trackers(project_name(cfg["run"]["log_with"], cfg["run"]["recipe"]), config=_flat_hparams(cfg))
     try:
         if not run_stages(run, progress):
             finish(run)

@@ -97,6 +97,7 @@ LIGHT_SCHEMA = {
         "recipe": field(str, None, nullable=True),   # the recipe file it came from (set on load)
         "log_every": field(int, 50),
         "progress_bar": field(bool, True),
+        "log_with": field(str, "tensorboard", ["tensorboard", "csv", "wandb", "none"]),  # trainer/train/trackers.py
     },
     "data": {
         "shards": field(str, REQUIRED),
@@ -137,7 +138,7 @@ CLASSIFIERS = classifier_names()
 DEFAULT_LOSS = {"name": "ce"}
 # Keys that may differ between a run and its resumption (they do not change results).
 # run.dir: a moved or copied run folder still resumes.
-RESUME_FREE = {("data", "num_workers"), ("run", "progress_bar"), ("run", "dir"), ("run", "log_every"),
+RESUME_FREE = {("data", "num_workers"), ("run", "progress_bar"), ("run", "dir"), ("run", "log_every"), ("run", "log_with"),
                ("data", "loader"), ("data", "dali_threads"), ("run", "recipe"),
                *(("speed", k) for k in LIGHT_SCHEMA["speed"])}
 
