@@ -248,7 +248,7 @@ def _validate(run: Run, stage: StageSpec, model, epoch: int, schedule, best: flo
 
 def _restored_rows(run: Run, stage: StageSpec) -> dict[int, tuple[torch.Tensor, torch.Tensor]] | None:
     """expand_rows: restore — classifier rows of the classes the expand adds back, as the last
-    earlier stage whose head covered them left them (seed 000: class 0 after stage 1)."""
+    earlier stage whose head covered them left them (three_stage: class 0 after stage 1)."""
     if stage.head_change != "expand" or stage.expand_rows != "restore":
         return None
     added = [c for c in range(run.num_classes) if c not in run.model.classifier.classes]

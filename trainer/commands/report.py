@@ -30,7 +30,7 @@ from trainer.summary import headline
 
 GROUPS = ("head", "middle", "tail")
 PAPER_GROUPS = ("many", "medium", "few")
-DEFAULT_TTA_VIEWS = 3  # seed 000 evaluates with 3 TTA views
+DEFAULT_TTA_VIEWS = 3  # Li, Tan & Pan (NTIRE 2021) evaluate with 3 TTA views
 
 
 @dataclass
@@ -247,7 +247,7 @@ def _flat(ev: dict) -> dict[str, float]:
 # ---- features and inference need the models and the data stream -----------------------------
 
 def report_tta_views(config: dict) -> int:
-    """The run's TTA views (data.tta), or the seed's 3 when the run evaluates without TTA, so
+    """The run's TTA views (data.tta), or the paper's 3 when the run evaluates without TTA, so
     the report always shows the cost of TTA next to the plain forward pass."""
     views = (config.get("data") or {}).get("tta")
     return views if isinstance(views, int) and views > 1 else DEFAULT_TTA_VIEWS
@@ -288,7 +288,7 @@ def write_report(run: RunFolder, *, features: bool = True, inference: bool = Tru
           f"## Per-class accuracy ({shown_split(run)} split)", "", *section_per_class(run, out, labels, counts), "",
           f"## Confusion matrix (final model, {shown_split(run)} split)", "",
           *section_confusion(run, out, labels), "",
-          "## Features after each stage (seed 000, Figure 2)", ""]
+          "## Features after each stage (as Figure 2 of Li, Tan & Pan, NTIRE 2021)", ""]
     md += section_features(run, out, labels, max_per_class) if features else ["_Skipped (--no-features)._"]
     md += ["", "## Training curves", "", *section_curves(run, out), "",
            "## Post-hoc classifiers", "", *section_classifiers(run, out), "",
