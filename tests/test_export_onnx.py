@@ -30,3 +30,22 @@ def test_onnx_is_the_default_and_matches_torchscript(tmp_path, capsys):
         (c1, s1), (c2, s2) = onnx(batch), script(batch)
         assert np.asarray(c1).tolist() == np.asarray(c2).tolist()
         np.testing.assert_allclose(s1, s2, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_every_classifier_exports_through_torch_export(tmp_path, capsys):
+    """With onnxscript installed no classifier needs the older exporter."""
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    from trainer.posthoc.registry import table
+    from trainer_helpers import recipe_overrides
+
+    shards = build_tiny(tmp_path, with_test=False)
+    run = tmp_path / "run"
+    assert main(["--config", "decoupled_mini", f"data.shards={shards}", f"run.dir={run}", *TINY,
+                 *recipe_overrides("decoupled_mini"), "stages.0.classifiers=[crt,lws,ncm,tau_norm,logit_adjust]",
+                 "posthoc.logit_adjust.max=1.0"]) == 0
+    capsys.readouterr()
+    for name in ["model", *table()]:
+        assert main(["export", str(run), "--classifier", name]) == 0, name
+        assert "older" not in capsys.readouterr().err, name

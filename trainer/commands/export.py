@@ -96,15 +96,23 @@ def write_onnx(deployed: nn.Module, example: torch.Tensor, path: Path) -> None:
     except ImportError:
         print("note: onnxscript is not installed (pip install '.[export]'); using the older "
               "TorchScript-based ONNX exporter", file=sys.stderr)
-        torch.onnx.export(deployed, (example,), str(path), dynamo=False, opset_version=17,
-                          input_names=["chips"], output_names=["class_id", "score"],
-                          dynamic_axes={"chips": {0: "batch"}, "class_id": {0: "batch"}, "score": {0: "batch"}})
-        return
+        return write_onnx_legacy(deployed, example, path)
     batch = torch.export.Dim("batch", min=1, max=65536)
-    program = torch.onnx.export(deployed, (example,), dynamo=True, input_names=["chips"],
-                                output_names=["class_id", "score"], dynamic_shapes=({0: batch},),
-                                optimize=True, verbose=False)
+    try:
+        program = torch.onnx.export(deployed, (example,), dynamo=True, input_names=["chips"],
+                                    output_names=["class_id", "score"], dynamic_shapes=({0: batch},),
+                                    optimize=True, verbose=False, report=False)
+    except Exception as e:   # a classifier torch.export cannot trace: the older exporter still can
+        print(f"note: torch.export could not trace the model ({type(e).__name__}); using the older "
+              "TorchScript-based ONNX exporter", file=sys.stderr)
+        return write_onnx_legacy(deployed, example, path)
     program.save(str(path))
+
+
+def write_onnx_legacy(deployed: nn.Module, example: torch.Tensor, path: Path) -> None:
+    torch.onnx.export(deployed, (example,), str(path), dynamo=False, opset_version=17,
+                      input_names=["chips"], output_names=["class_id", "score"],
+                      dynamic_axes={"chips": {0: "batch"}, "class_id": {0: "batch"}, "score": {0: "batch"}})
 
 
 def preprocess_note(info: dict) -> dict:
