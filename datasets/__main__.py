@@ -3,7 +3,15 @@ from __future__ import annotations
 
 import sys
 
-USAGE = "usage: python -m datasets {synth,bench} [-h] ..."
+USAGE = """usage: python -m datasets COMMAND [options]   (python -m datasets COMMAND --help for each)
+
+commands:
+  synth   write a synthetic SAR vehicle set in the NTIRE raw layout (then: python -m shards build)
+  bench   images/s of the data loaders (shard reader, resident, DALI) on a shard folder
+
+examples:
+  python -m datasets synth data/mini/raw --preset mini
+  python -m datasets bench --shards data/mini/shards"""
 
 
 def main(argv: list[str] | None = None) -> int:

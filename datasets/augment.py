@@ -32,53 +32,14 @@ All randomness comes from the torch.Generator passed in.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datasets.options import from_mapping
+from datasets.augment_spec import ROTATIONS, AugmentSpec  # noqa: F401  (the spec's home; re-exported)
 
-ROTATIONS = ("none", "free", "right")
 FALLBACK_RATE = 1e-6   # speckle samples with no accepted Marsaglia–Tsang proposal (gamma_rounds)
-
-
-@dataclass
-class AugmentSpec:
-    rotate: str = "none"          # none | free (uniform angle) | right (multiples of 90°)
-    hflip: bool = False
-    vflip: bool = False
-    crop_scale: tuple[float, float] = (1.0, 1.0)   # random resized crop, area fraction
-    translate: int = 0            # max shift in px (each axis)
-    speckle: float = 0.0          # multiplicative noise: x * g, g ~ Gamma(L, 1/L), std = speckle
-    brightness: float = 0.0       # factor uniform in [1-b, 1+b]
-    contrast: float = 0.0         # factor uniform in [1-c, 1+c]
-
-    def __post_init__(self) -> None:
-        if self.rotate not in ROTATIONS:
-            raise ValueError(f"augment: rotate must be one of {ROTATIONS}, got {self.rotate!r}")
-        lo, hi = (float(v) for v in self.crop_scale)
-        if not 0.0 < lo <= hi <= 1.0:
-            raise ValueError(f"augment: crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
-        self.crop_scale = (lo, hi)
-        if int(self.translate) != self.translate or self.translate < 0:
-            raise ValueError(f"augment: translate must be an integer >= 0, got {self.translate}")
-        self.translate = int(self.translate)
-        for name in ("speckle", "brightness", "contrast"):
-            value = float(getattr(self, name))
-            if not 0.0 <= value <= (5.0 if name == "speckle" else 1.0):
-                raise ValueError(f"augment: {name} out of range, got {value}")
-            setattr(self, name, value)
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "AugmentSpec":
-        """Build from a recipe mapping (None: the defaults); unknown keys raise DataError."""
-        return from_mapping(cls, d, "augment")
-
-    @property
-    def warps(self) -> bool:
-        return self.crop_scale != (1.0, 1.0) or self.rotate == "free" or self.translate > 0
 
 
 def window(length: int, size: int) -> np.ndarray:

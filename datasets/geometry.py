@@ -48,5 +48,5 @@ def range_axis(data: OpenSplit, size: int, *, sample: int = SAMPLE, seed: int = 
 
 def safe_flips(axis: str) -> tuple[bool, bool]:
     """(hflip, vflip) that keep the look direction. With no clear range axis: hflip only, the
-    choice measured on real SAR chips (DESIGN §6b); the chips show no side to protect."""
+    choice measured on real SAR chips (docs/augmentation.md); the chips show no side to protect."""
     return {"horizontal": (False, True), "vertical": (True, False)}.get(axis, (True, False))

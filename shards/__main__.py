@@ -1,4 +1,5 @@
-"""`python -m shards build | verify | stats` (contract: shared DESIGN.md §3)."""
+"""`python -m shards build | verify | stats`: class-pure WebDataset shards and their index.json
+(layout: docs/architecture.md, "Shards on disk")."""
 from __future__ import annotations
 
 import argparse
@@ -26,9 +27,11 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="raw folder -> WebDataset shards + index.json")
     b.add_argument("raw", type=Path, help="RAW/<class>/[any sub-folders/]<images>, or a flat "
                    "folder with --labels (PNG, JPEG, TIFF or BMP; 8-bit, 16-bit or float32)")
-    b.add_argument("out", type=Path)
+    b.add_argument("out", type=Path, help="shard folder to write: OUT/index.json and OUT/<split>/*.tar "
+                   "(created; a rerun into the same OUT finishes or adds a split)")
     b.add_argument("--val-fraction", type=fraction, default=0.1, help="per class (default 0.1)")
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seed", type=int, default=0, help="seed of the train/val split (default 0): the same "
+                   "seed gives the same split")
     b.add_argument("--split", help="write only this split (e.g. test) into OUT")
     b.add_argument("--labels", type=Path, help="CSV for a flat RAW folder: image_id,class_id "
                    "(NTIRE ids) or file,class (file names, class names or ids)")
@@ -61,10 +64,10 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_build)
     v = sub.add_parser("verify", help="re-read every shard and check it against the index")
-    v.add_argument("out", type=Path)
+    v.add_argument("out", type=Path, help="shard folder (holds index.json)")
     v.set_defaults(func=cmd_verify)
     s = sub.add_parser("stats", help="per-split, per-class counts")
-    s.add_argument("out", type=Path)
+    s.add_argument("out", type=Path, help="shard folder (holds index.json)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_stats)
     return p

@@ -3,6 +3,8 @@
   python tests/hooked_trainer.py [--fail-at-step N] [--debug-ids] --config RECIPE [key=value ...]
 
 --fail-at-step N  raise at global step N (resume tests; `python -m trainer resume RUN` goes on)
+--rank-dirs       every rank asks for its own run folder (RUN-rank<r>), as ranks naming a default
+                  dated folder in different seconds would; rank 0's must win
 --debug-ids       every rank appends the sample ids it trains on to RUN/debug/ids-rank<r>.jsonl
                   and saves its weights after each stage to RUN/debug/model-stage<i>-rank<r>.pt
 Works under `accelerate launch tests/hooked_trainer.py …` too.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -50,11 +53,14 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="tests/hooked_trainer.py")
     p.add_argument("--fail-at-step", type=int, default=None)
     p.add_argument("--debug-ids", action="store_true")
+    p.add_argument("--rank-dirs", action="store_true")
     p.add_argument("--config", required=True)
     a, overrides = p.parse_known_args(argv)
     from trainer.run import train
 
     cfg = load_config(a.config, overrides)
+    if a.rank_dirs:
+        cfg["run"]["dir"] += f"-rank{os.environ.get('RANK', '0')}"   # no accelerate state before the run's
     return train(cfg, make_hooks(Path(cfg["run"]["dir"]), a.fail_at_step, a.debug_ids))
 
 

@@ -29,7 +29,8 @@ def test_builtin_recipes_exist_and_validate():
         assert name in BUILTIN and f"{name}_mini" in BUILTIN
     for name in BUILTIN:
         cfg = load_config(name)
-        assert cfg["stages"] and cfg["run"]["dir"] == str(Path("runs") / name)
+        folder = Path(cfg["run"]["dir"])   # a fresh dated folder: runs/<recipe>/<YYYYmmdd-HHMMSS>
+        assert cfg["stages"] and folder.parent == Path("runs") / name and len(folder.name) == 15
 
 
 def test_three_stage_is_seed_000(monkeypatch):

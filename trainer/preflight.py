@@ -15,6 +15,8 @@ from trainer.spec.config import config_differences, load_run_config
 from trainer.errors import ConfigError
 from trainer.spec.resolve import RecipeSpec, resolve
 from trainer.streams import Streams, choose_loader, per_rank_batch
+from trainer.threads import apply_threads
+from trainer.trackers import log_with
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ def make_accelerator(cfg: dict, run_dir: Path, trackers: bool = True):
         precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
     if not cuda and precision == "fp16":
         raise ConfigError("optim.precision: fp16 needs CUDA; use no or bf16 on the CPU")
+    check_launcher_precision(cfg["optim"]["precision"], precision)
     project = ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir))
     # No buffer broadcast before every forward: BatchNorm statistics are averaged over the ranks
     # after each epoch (run.average_batchnorm_stats) and saved per rank in checkpoints. (Newer
@@ -65,7 +68,31 @@ def make_accelerator(cfg: dict, run_dir: Path, trackers: bool = True):
     warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
     # cpu=True without CUDA: otherwise two CPU processes each believe they are rank 0 of 1.
     return Accelerator(cpu=not cuda, mixed_precision=precision, project_config=project,
-                       log_with="tensorboard" if trackers else None, kwargs_handlers=[ddp])
+                       log_with=log_with(cfg["run"].get("log_with", "tensorboard"), run_dir) if trackers else None,
+                       kwargs_handlers=[ddp])
+
+
+def agree_run_dir(acc, cfg: dict, run_dir: Path) -> Path:
+    """Every rank uses rank 0's run folder (a default dated folder is named per process)."""
+    if acc.num_processes == 1:
+        return run_dir
+    from accelerate.utils import broadcast_object_list
+
+    shared = [str(run_dir)]
+    broadcast_object_list(shared)
+    cfg["run"]["dir"] = shared[0]
+    acc.project_configuration.project_dir = acc.project_configuration.logging_dir = shared[0]
+    return Path(shared[0])
+
+
+def check_launcher_precision(asked: str, precision: str) -> None:
+    """`accelerate launch --mixed_precision X` (or a default accelerate config) reaches the run as
+    ACCELERATE_MIXED_PRECISION; the recipe decides, so a different X is refused, not ignored."""
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    if launcher not in ("no", precision):
+        raise ConfigError(f"accelerate launch --mixed_precision {launcher}: the recipe decides the precision "
+                          f"(optim.precision={asked}, here {precision}); drop the flag (or set mixed_precision: "
+                          f"no in the accelerate config), or set optim.precision={launcher}")
 
 
 def open_shards(cfg: dict) -> ClassIndex:
@@ -109,6 +136,7 @@ class Setup:
     accelerator: object
     streams: Streams
     speed: SpeedSpec
+    threads: str = ""     # the CPU thread budget, for the banner
 
     @property
     def main(self) -> bool:
@@ -118,6 +146,7 @@ class Setup:
 def prepare(cfg: dict, *, trackers: bool = True, check_run: bool = True) -> Setup:
     """Check the run folder and the shards, resolve the recipe, then start the accelerator."""
     run_dir = Path(cfg["run"]["dir"])
+    threads = apply_threads()   # before any torch work starts its thread pool
     if cfg["speed"].get("deterministic"):
         set_deterministic()   # before the accelerator and any CUDA work
     if check_run:
@@ -125,6 +154,7 @@ def prepare(cfg: dict, *, trackers: bool = True, check_run: bool = True) -> Setu
     index = open_shards(cfg)
     recipe = resolve(cfg, index)
     acc = make_accelerator(cfg, run_dir, trackers)
+    run_dir = agree_run_dir(acc, cfg, run_dir)
     data = cfg["data"]
     channels = recipe.model["in_channels"]
     pixels = sum(len(s) for s in index.splits.values()) * recipe.input_size ** 2 * channels
@@ -143,4 +173,4 @@ def prepare(cfg: dict, *, trackers: bool = True, check_run: bool = True) -> Setu
         per_rank_batch(data["batch_size"], acc.num_processes, stage.optim.grad_accum)
     if speed.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True   # fixed chip size: the autotuned kernels stay valid
-    return Setup(cfg, run_dir, index, recipe, acc, streams, speed)
+    return Setup(cfg, run_dir, index, recipe, acc, streams, speed, threads)

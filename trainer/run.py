@@ -26,17 +26,20 @@ from trainer.posthoc import fit as posthoc
 from trainer.spec.config import load_run_config, save_config
 from trainer.errors import TrainingError
 from trainer.evaluate.evaluator import Evaluator
+from trainer.evaluate.files import write_metrics
 from trainer.train.history import History
 from trainer.train.loop import Hooks, train_epoch
 from trainer.losses import build_loss
 from trainer.models import build_model
 from trainer.train.preemption import install, stop_requested
+from trainer.train.progress import StageProgress
+from trainer.trackers import project_name
 from trainer.train.run_lock import run_lock
 from trainer.preflight import Setup, prepare
 from trainer.spec.resolve import StageSpec
 from trainer.train.optim import build_optimizer
 from trainer.train.transition import apply_head, set_train_mode, set_trainable
-from trainer.summary import banner, name_per_class, print_table
+from trainer.summary import banner, format_end, name_per_class, print_table
 
 
 @dataclass
@@ -50,6 +53,7 @@ class Run:
     hooks: Hooks = field(default_factory=Hooks)   # test callbacks (tests/hooked_trainer.py)
     global_step: int = 0
     started: float = 0.0                          # time.time() when this process began the run
+    resumed: bool = False                         # this process continues a checkpoint
 
     @property
     def cfg(self) -> dict:
@@ -98,12 +102,13 @@ def new_model(setup: Setup) -> torch.nn.Module:
 def train(cfg: dict, hooks: Hooks | None = None) -> int:
     """Train (or continue) the run described by `cfg`. Returns a process exit code. `hooks`:
     callbacks for tests (sample ids, injected failures, per-rank weights); the run adds its own."""
+    started = time.time()
     setup = prepare(cfg)
     with run_lock(setup.accelerator, setup.run_dir):  # one trainer per run folder
-        return _train_locked(cfg, setup, hooks)
+        return _train_locked(cfg, setup, hooks, started)
 
 
-def _train_locked(cfg: dict, setup: Setup, hooks: Hooks | None) -> int:
+def _train_locked(cfg: dict, setup: Setup, hooks: Hooks | None, started: float) -> int:
     run_dir, acc = setup.run_dir, setup.accelerator
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -120,10 +125,11 @@ def _train_locked(cfg: dict, setup: Setup, hooks: Hooks | None) -> int:
     banner(setup, {s: len(setup.index.splits[s]) for s in setup.index.splits})
     keep = progress["history_lines"] if progress else None
     history = History(run_dir / "history.jsonl", keep, acc.is_main_process)
-    run = Run(setup, new_model(setup), history, make_evaluator(setup), started=time.time())
+    run = Run(setup, new_model(setup), history, make_evaluator(setup), started=started,
+              resumed=progress is not None)
     run.hooks = replace(hooks or Hooks(), log=run.log, should_stop=lambda: stop_requested(acc))
     install()  # SIGTERM/SIGUSR2 set a flag; the loop checkpoints and exits 0 at the next step
-    acc.init_trackers("tb", config=_flat_hparams(cfg))
+    acc.init_trackers(project_name(cfg["run"]["log_with"], cfg["run"]["recipe"]), config=_flat_hparams(cfg))
     try:
         if not run_stages(run, progress):
             finish(run)
@@ -188,6 +194,9 @@ def run_stage(run: Run, stage: StageSpec, progress: dict | None) -> bool:
             "global_step": run.global_step, "best": best, "history_lines": run.history.lines,
             "model_signature": signature}, run.model)
 
+    progress = StageProgress((i, stage.name), schedule.total_steps, epoch * schedule.steps_per_epoch
+                             + batch // schedule.grad_accum, world=acc.num_processes,
+                             enabled=acc.is_main_process, bar=run.cfg["run"]["progress_bar"])
     while epoch < stage.epochs:
         if hasattr(loss_fn, "set_epoch"):
             loss_fn.set_epoch(epoch)
@@ -197,7 +206,7 @@ def run_stage(run: Run, stage: StageSpec, progress: dict | None) -> bool:
                            epoch=epoch, start_batch=batch, schedule=schedule, global_step=run.global_step,
                            to_full=lambda z: run.model.classifier.to_full_logits(z, run.num_classes),
                            label=(i, stage.name), log_every=run.cfg["run"]["log_every"],
-                           progress_bar=run.cfg["run"]["progress_bar"], hooks=run.hooks)
+                           progress=progress, hooks=run.hooks)
         batch, run.global_step = done.batch, done.global_step
         if done.stopped:
             save(epoch, batch)
@@ -206,7 +215,7 @@ def run_stage(run: Run, stage: StageSpec, progress: dict | None) -> bool:
                       f"saved, continue with: python -m trainer resume {run.setup.run_dir}", file=sys.stderr)
             return True
         average_batchnorm_stats(run.model, acc)
-        best = _validate(run, stage, model, epoch, schedule, best)
+        best = _validate(run, stage, model, epoch, schedule, best, progress)
         epoch, batch = epoch + 1, 0
         save(epoch, 0)
     finish_stage(run, stage, model)
@@ -221,9 +230,11 @@ def _loss(run: Run, stage: StageSpec) -> torch.nn.Module:
     return build_loss(stage.loss, np.asarray(stage.loss_counts), reduce_sum=reduce_sum).to(acc.device)
 
 
-def _validate(run: Run, stage: StageSpec, model, epoch: int, schedule, best: float | None) -> float | None:
+def _validate(run: Run, stage: StageSpec, model, epoch: int, schedule, best: float | None,
+              progress: StageProgress) -> float | None:
     """Validation after an epoch: logged, and kept as the stage's best weights when select: best."""
     val = run.evaluator.evaluate(model, "val")
+    progress.validation(epoch, val)
     run.log({"stage": stage.index, "stage_name": stage.name, "epoch": epoch,
              "step": schedule.steps_per_epoch * (epoch + 1), "global_step": run.global_step,
              "kind": "val", "top1": val["top1"], "balanced_acc": val["balanced_acc"]})
@@ -237,7 +248,7 @@ def _validate(run: Run, stage: StageSpec, model, epoch: int, schedule, best: flo
 
 def _restored_rows(run: Run, stage: StageSpec) -> dict[int, tuple[torch.Tensor, torch.Tensor]] | None:
     """expand_rows: restore — classifier rows of the classes the expand adds back, as the last
-    earlier stage whose head covered them left them (seed 000: class 0 after stage 1)."""
+    earlier stage whose head covered them left them (three_stage: class 0 after stage 1)."""
     if stage.head_change != "expand" or stage.expand_rows != "restore":
         return None
     added = [c for c in range(run.num_classes) if c not in run.model.classifier.classes]
@@ -306,7 +317,7 @@ def finish(run: Run) -> None:
     for ev in [final.get("val"), final.get("test")] + [r.get("val") for r in run.results]:
         name_per_class(ev or {}, metrics["classes"])   # per-class results by class name
     if acc.is_main_process:
-        write_json(setup.run_dir / "metrics.json", metrics)
+        write_metrics(setup.run_dir, metrics, setup.index.split("train").class_counts())
         # metrics.json stays a function of the recipe; how long it took goes to run.json: the
         # seconds of the process that finished the run (a resumed run counts from its resume)
         info = json.loads((setup.run_dir / "run.json").read_text())
@@ -315,6 +326,7 @@ def finish(run: Run) -> None:
     acc.wait_for_everyone()
     if acc.is_main_process:
         print_table({setup.run_dir.name: metrics})
+        print(format_end(setup.run_dir, time.time() - run.started, run.resumed), flush=True)
 
 
 # ---------------------------------------------------------------- helpers

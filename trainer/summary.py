@@ -62,6 +62,25 @@ def print_table(runs: dict[str, dict]) -> None:
             print(format_ood(name, metrics["final"]["ood"]))
 
 
+def format_end(run_dir: Path, wall_s: float, resumed: bool) -> str:
+    """The last lines of a run: how long it took, where its files are, what to run next."""
+    from trainer.train.progress import format_seconds
+
+    run_dir = Path(run_dir)
+    files = sorted(p.name + ("/" if p.is_dir() else "") for p in run_dir.iterdir()
+                   if not p.name.startswith(".") and p.name != "checkpoints")
+    stages = sorted(str(p.relative_to(run_dir)) for p in run_dir.glob("stages/*/model.pt"))
+    took = format_seconds(wall_s) + (" (this process, since the resume)" if resumed else "")
+    return "\n".join([
+        f"finished in {took}; run folder {run_dir}",
+        f"  files: {', '.join(files)}",
+        f"  weights: {', '.join(stages)}",
+        "  next:",
+        f"    python -m trainer report {run_dir}",
+        f"    python -m trainer predict {run_dir} --images DIR --out results.csv",
+        f"    python -m trainer export {run_dir}"])
+
+
 def format_ood(name: str, ood: dict) -> str:
     lines = [f"{name}: out-of-distribution, {ood['known_split']} (known) vs {ood['num_unknown']} "
              f"{ood['unknown_split']} chips (unknown)"]
@@ -80,19 +99,24 @@ def banner(setup, sizes: dict[str, int]) -> dict:
     info = {
         "run_dir": str(setup.run_dir), "recipe": setup.cfg["run"]["recipe"],
         "world_size": acc.num_processes, "devices": list(devices), **_where(),
+        "threads": getattr(setup, "threads", ""),
         "precision": acc.mixed_precision, "loader": setup.streams.kind,
         "input_size": recipe.input_size, "model": recipe.model, "range_axis": recipe.range_axis,
         "tta_views": list(recipe.tta_views),
         "split_sizes": sizes, "global_batch": setup.cfg["data"]["batch_size"],
-        "stages": [{"name": s.name, "length": s.length, "epochs": s.epochs,
-                    "steps_per_epoch": s.steps_per_epoch, "steps": s.total_steps} for s in recipe.stages],
-        "notes": list(recipe.notes),
+        "stages": stage_lengths(recipe), "notes": list(recipe.notes),
         "versions": {"python": platform.python_version(), "torch": torch.__version__},
     }
     if acc.is_main_process:
         write_json(Path(setup.run_dir) / "run.json", info, indent=1)
         print(format_banner(info), flush=True)
     return info
+
+
+def stage_lengths(recipe) -> list[dict]:
+    """Each stage's length as the banner and RUN/run.json give it."""
+    return [{"name": s.name, "length": s.length, "epochs": s.epochs, "steps_per_epoch": s.steps_per_epoch,
+             "steps": s.total_steps} for s in recipe.stages]
 
 
 def format_banner(info: dict) -> str:
@@ -105,6 +129,8 @@ def format_banner(info: dict) -> str:
              f"head {info['model']['head']}, input {info['input_size']} px, global batch {info['global_batch']}",
              f"  data: {sizes}; radar range axis {info['range_axis']}; TTA {'+'.join(info['tta_views'])}",
              f"  stages: {stages}"]
+    if info.get("threads"):
+        lines.insert(1, f"  CPU threads: {info['threads']}")
     lines += [f"  note: {n}" for n in info["notes"]]
     return "\n".join(lines[:1] + [_format_where(info)] + lines[1:])
 

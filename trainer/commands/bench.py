@@ -12,7 +12,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import statistics
@@ -21,6 +20,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from trainer.commands.bench_args import parse
 from trainer.spec.config import validate
 from trainer.errors import ConfigError
 
@@ -83,8 +83,7 @@ def trainer_setup(model_cfg: dict, batches: list, precision: str, classes: int, 
     # One call trains one epoch over the batches, exactly as run.run_stage calls the loop.
     epoch = partial(train_epoch, acc, model, optimizer, loss, n_micro=len(batches), global_step=0,
                     schedule=Schedule(len(batches), 1000, opt_cfg.lr, 1, 0.0, opt_cfg.schedule, opt_cfg.min_lr),
-                    to_full=lambda z: raw.classifier.to_full_logits(z, classes), label=(0, "bench"),
-                    progress_bar=False)
+                    to_full=lambda z: raw.classifier.to_full_logits(z, classes), label=(0, "bench"))
     run_epoch = lambda e: epoch(iter(batches), epoch=e)  # noqa: E731
     bare_opt = build_optimizer([p for p in bare.parameters()], opt_cfg)
     return acc, run_epoch, model, bare, bare_opt
@@ -160,18 +159,7 @@ def gpu_throughput(steps: int, repeats: int, batch: int, compiled: bool = False,
 
 
 def step_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainer bench step",
-                                description="The trainer's training step against a bare loop on in-memory batches.")
-    p.add_argument("--model", default="shake_shake", help="model name (default shake_shake)")
-    p.add_argument("--depth", type=int, default=8)
-    p.add_argument("--width", type=int, default=16)
-    p.add_argument("--size", type=int, default=32, help="input px")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--steps", type=int, default=20, help="steps per timed epoch")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--precision", default="auto", choices=["auto", "no", "bf16", "fp16"])
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
-    a = p.parse_args(argv)
+    _, a = parse(["step", *argv])
     if min(a.steps, a.repeats, a.batch, a.size) < 1:
         raise ConfigError("bench: --steps, --repeats, --batch and --size must be >= 1")
     r = compare({"name": a.model, "depth": a.depth, "width": a.width}, batch=a.batch, size=a.size,
@@ -192,15 +180,7 @@ def step_main(argv: list[str]) -> int:
 def e2e_main(argv: list[str]) -> int:
     from trainer.commands.bench_e2e import compare_e2e, format_e2e
 
-    p = argparse.ArgumentParser(prog="python -m trainer bench [e2e]", description=(
-        "The trainer end to end (data, evaluation, checkpoints included) against a plain loop on "
-        "preloaded tensors doing the same steps; alternating runs, ratio of wall times."))
-    p.add_argument("--shards", default="data/mini/shards", help="shard folder (default data/mini/shards)")
-    p.add_argument("--recipe", default="joint_mini", help="a one-stage recipe (default joint_mini)")
-    p.add_argument("--repeats", type=int, default=2, help="trainer/plain pairs timed (after one warm-up run)")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("overrides", nargs="*", help="recipe overrides, e.g. stages.0.steps=100")
-    a = p.parse_intermixed_args(argv)
+    _, a = parse(["e2e", *argv])
     if a.repeats < 1:
         raise ConfigError("bench: --repeats must be >= 1")
     try:
@@ -212,16 +192,7 @@ def e2e_main(argv: list[str]) -> int:
 
 
 def gpu_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainer bench gpu",
-                                description="Shake-Shake-26 2x32d at 56 px in bf16 on CUDA: images/s and MFU.")
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--batch", type=int, nargs="+", default=[128, 512])
-    p.add_argument("--compile", choices=["on", "off", "both"], default="both")
-    p.add_argument("--bare", choices=["on", "off"], default="on",
-                   help="also time a bare PyTorch loop (off: the trainer only, one compile fewer)")
-    p.add_argument("--json", action="store_true", help="one JSON object a line, per configuration")
-    a = p.parse_args(argv)
+    _, a = parse(["gpu", *argv])
     if not torch.cuda.is_available():
         raise ConfigError("bench gpu: needs CUDA")
     torch.backends.cudnn.benchmark = True   # as the trainer sets it on CUDA (speed.cudnn_benchmark: auto)
@@ -247,17 +218,7 @@ def latency_main(argv: list[str]) -> int:
     from trainer.commands.latency import measure, to_markdown
     from trainer.models import build_model
 
-    p = argparse.ArgumentParser(prog="python -m trainer bench latency",
-                                description="Latency per chip at batch 1 and a large batch, with and without TTA.")
-    p.add_argument("--model", default="shake_shake")
-    p.add_argument("--depth", type=int, default=26)
-    p.add_argument("--width", type=int, default=32)
-    p.add_argument("--size", type=int, default=56, help="input px")
-    p.add_argument("--large-batch", type=int, default=256)
-    p.add_argument("--tta", type=int, default=2, help="TTA views (2: identity + the mirror, as tta=auto picks)")
-    p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--json", action="store_true")
-    a = p.parse_args(argv)
+    _, a = parse(["latency", *argv])
     if min(a.size, a.large_batch, a.tta, a.repeats) < 1:
         raise ConfigError("bench latency: --size, --large-batch, --tta and --repeats must be >= 1")
     cfg = {"name": a.model, "depth": a.depth, "width": a.width}

@@ -24,6 +24,7 @@ import numpy as np
 from shards.atomic import write_atomic
 from shards.errors import exit_on_error
 from trainer.commands import plots
+from trainer.commands.cli import compare_parser
 from trainer.spec.config import config_differences, load_config, load_run_config, recipe_path
 from trainer.errors import USER_ERRORS, ConfigError, TrainingError
 from trainer.summary import headline
@@ -185,16 +186,7 @@ def split_args(items: list[str]) -> tuple[list[str], list[str]]:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainer compare",
-                                description="Run (or collect) recipes over seeds; write a mean ± std table.")
-    p.add_argument("items", nargs="+", metavar="RECIPE|key=value",
-                   help="recipe files or built-in names, then dotted overrides for every run")
-    p.add_argument("--seeds", type=int, required=True, help="number of seeds per recipe (0..N-1)")
-    p.add_argument("--first-seed", type=int, default=0)
-    p.add_argument("--runs-root", type=Path, default=Path("runs/compare"), help="where the runs live")
-    p.add_argument("--out", type=Path, default=None, help="where the table goes (default: --runs-root)")
-    p.add_argument("--split", default="val", choices=["val", "test"], help="which final evaluation to tabulate")
-    args = p.parse_intermixed_args(argv)  # overrides may follow the options
+    args = compare_parser().parse_intermixed_args(argv)  # overrides may follow the options
     return exit_on_error(lambda: _compare(args, argv), USER_ERRORS)
 
 

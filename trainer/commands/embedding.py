@@ -1,4 +1,4 @@
-"""Seed 000's Figure 2 for a run: validation chips through each stage's backbone, projected to 2-D
+"""Figure 2 of Li, Tan & Pan (NTIRE 2021) for a run: validation chips through each stage's backbone, projected to 2-D
 (PCA, and LDA where there are enough chips per feature dimension), class 0 in red."""
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def section_features(run, out: Path, labels: list[str], max_per_class: int) -> l
         return notes or ["_Skipped: no stage model could be loaded._"]
     plots.feature_projection(out / "features_pca.png", pca, labels, "PCA")
     md = [f"Validation chips (up to {max_per_class} per class, {len(y)} in all) through each "
-          "stage's backbone; class 0 in red, as in seed 000 Figure 2. PCA keeps the directions of "
+          "stage's backbone; class 0 in red, as in Figure 2 of Li, Tan & Pan (NTIRE 2021). PCA keeps the directions of "
           "largest variance.", "", "![features PCA](features_pca.png)", ""]
     # LDA is fitted on the chips it shows: with few chips per feature dimension any classes
     # look separable, so it is drawn only where that is not the case.

@@ -10,6 +10,7 @@ run's TTA views are inside. `python -m trainer predict` computes the same classe
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -22,10 +23,11 @@ from shards.atomic import atomic_path, write_json
 from shards.errors import exit_on_error
 from trainer.errors import USER_ERRORS, ConfigError
 from trainer.evaluate.ood import SCORES
+from trainer.commands.cli import export_parser
 from trainer.commands.predict import MODEL, load_scorer, run_normalizer
 from trainer.evaluate.scoring import Scorer, mean_softmax_log, tta_views
 
-SEED_REFERENCE = {"file_mb": 11.2, "latency_s": 0.0146}   # seed 000's Shake-Shake-26 2x32d, 2080 Ti
+SEED_REFERENCE = {"file_mb": 11.2, "latency_s": 0.0146}   # Li, Tan, Pan 2021 (team "seed 000"): Shake-Shake-26 2x32d, 2080 Ti
 
 
 class Deployed(nn.Module):
@@ -56,7 +58,7 @@ class Deployed(nn.Module):
         return scores.argmax(dim=1), conf
 
 
-def export(run: Path, classifier: str = MODEL, fmt: str = "torchscript", score: str = "msp",
+def export(run: Path, classifier: str = MODEL, fmt: str = "onnx", score: str = "msp",
            out: Path | None = None) -> dict:
     if fmt not in ("onnx", "torchscript"):
         raise ConfigError(f"--format: {fmt!r} is not onnx or torchscript")
@@ -75,9 +77,7 @@ def export(run: Path, classifier: str = MODEL, fmt: str = "torchscript", score: 
         if fmt == "torchscript":
             torch.jit.save(torch.jit.trace(deployed, example), str(tmp))
         else:
-            torch.onnx.export(deployed, (example,), str(tmp), dynamo=False, opset_version=17,
-                              input_names=["chips"], output_names=["class_id", "score"],
-                              dynamic_axes={"chips": {0: "batch"}, "class_id": {0: "batch"}, "score": {0: "batch"}})
+            write_onnx(deployed, example, tmp)
     record = {"file": str(out), "format": fmt, "classifier": classifier, "score": score,
               "input": {"dtype": "uint8", "shape": ["batch", channels, info["input_size"], info["input_size"]]},
               "outputs": ["class_id", "score"], "classes": info["classes"], "class_names": info.get("class_names"),
@@ -85,6 +85,34 @@ def export(run: Path, classifier: str = MODEL, fmt: str = "torchscript", score: 
               "latency_s_batch1": latency(out, fmt, example[:1]), "seed_reference": SEED_REFERENCE}
     write_json(out.with_suffix(".json"), record, indent=1)
     return record
+
+
+def write_onnx(deployed: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """ONNX through torch.export (the supported exporter), the batch dimension dynamic. It
+    needs onnxscript (the `export` extra); without it the older TorchScript-based exporter
+    writes the same graph, with a note."""
+    try:
+        import onnxscript  # noqa: F401
+    except ImportError:
+        print("note: onnxscript is not installed (pip install '.[export]'); using the older "
+              "TorchScript-based ONNX exporter", file=sys.stderr)
+        return write_onnx_legacy(deployed, example, path)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    try:
+        program = torch.onnx.export(deployed, (example,), dynamo=True, input_names=["chips"],
+                                    output_names=["class_id", "score"], dynamic_shapes=({0: batch},),
+                                    optimize=True, verbose=False, report=False)
+    except Exception as e:   # a classifier torch.export cannot trace: the older exporter still can
+        print(f"note: torch.export could not trace the model ({type(e).__name__}); using the older "
+              "TorchScript-based ONNX exporter", file=sys.stderr)
+        return write_onnx_legacy(deployed, example, path)
+    program.save(str(path))
+
+
+def write_onnx_legacy(deployed: nn.Module, example: torch.Tensor, path: Path) -> None:
+    torch.onnx.export(deployed, (example,), str(path), dynamo=False, opset_version=17,
+                      input_names=["chips"], output_names=["class_id", "score"],
+                      dynamic_axes={"chips": {0: "batch"}, "class_id": {0: "batch"}, "score": {0: "batch"}})
 
 
 def preprocess_note(info: dict) -> dict:
@@ -129,13 +157,7 @@ def latency(path: Path, fmt: str, chip: torch.Tensor, repeats: int = 20) -> floa
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainer export", description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", required=True, type=Path)
-    p.add_argument("--classifier", default=MODEL, help="model (default) or a post-hoc classifier the run fitted")
-    p.add_argument("--format", default="torchscript", choices=["onnx", "torchscript"])
-    p.add_argument("--score", default="msp", choices=list(SCORES))
-    p.add_argument("--out", type=Path, default=None, help="file to write (default RUN/export/model-NAME.pt|.onnx)")
-    a = p.parse_args(argv)
+    a = export_parser().parse_args(argv)
     return exit_on_error(lambda: _export(a), USER_ERRORS)
 
 
@@ -143,5 +165,6 @@ def _export(a: argparse.Namespace) -> int:
     r = export(a.run, a.classifier, a.format, a.score, a.out)
     lat = f"{1000 * r['latency_s_batch1']:.2f} ms/chip at batch 1" if r["latency_s_batch1"] else "latency not measured"
     print(f"{r['file']}: {r['format']}, {r['file_mb']:.2f} MiB, {lat} on this machine "
-          f"(seed 000: {SEED_REFERENCE['file_mb']} MB, {1000 * SEED_REFERENCE['latency_s']:.1f} ms on a 2080 Ti)")
+          f"(the three-stage paper's model, Li, Tan, Pan 2021: {SEED_REFERENCE['file_mb']} MB, "
+          f"{1000 * SEED_REFERENCE['latency_s']:.1f} ms on a 2080 Ti)")
     return 0

@@ -26,7 +26,7 @@ GROUP_SHADES = {"head": "#dbe9f6", "middle": "#fdebd0", "tail": "#f5d5d5"}
 
 
 def class_colours(n: int) -> list:
-    """Class 0 red (as in seed 000's Figure 2), the others distinct colours that are not red."""
+    """Class 0 red (as in Figure 2 of Li, Tan & Pan, NTIRE 2021), the others distinct colours that are not red."""
     tab10 = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 3]  # 3 is red
     tab20 = [c for i, c in enumerate(plt.get_cmap("tab20").colors) if i not in (6, 7)]  # reds
     pool = tab10 + [c for c in tab20 if c not in tab10]
@@ -113,7 +113,7 @@ def confusion_matrix(path: Path, class_labels: Sequence[str], confusion: np.ndar
 
 def feature_projection(path: Path, panels: list[tuple[str, np.ndarray, np.ndarray]],
                        class_labels: Sequence[str], method: str = "PCA") -> Path:
-    """Seed 000's Figure 2: one scatter panel per stage of 2-D projected features, class 0 red.
+    """Figure 2 of Li, Tan & Pan (NTIRE 2021): one scatter panel per stage of 2-D projected features, class 0 red.
 
     panels: (title, points [N, 2], labels [N]). The legend sits outside the panels."""
     colours = class_colours(len(class_labels))

@@ -21,6 +21,7 @@ from shards.atomic import write_atomic
 from shards.errors import DataError, exit_on_error
 from shards.index import ClassIndex
 from trainer.commands import latency, plots
+from trainer.commands.cli import report_parser
 from trainer.train.checkpoint import load_weights
 from trainer.commands.embedding import section_features
 from trainer.errors import USER_ERRORS, ConfigError
@@ -29,7 +30,7 @@ from trainer.summary import headline
 
 GROUPS = ("head", "middle", "tail")
 PAPER_GROUPS = ("many", "medium", "few")
-DEFAULT_TTA_VIEWS = 3  # seed 000 evaluates with 3 TTA views
+DEFAULT_TTA_VIEWS = 3  # Li, Tan & Pan (NTIRE 2021) evaluate with 3 TTA views
 
 
 @dataclass
@@ -246,7 +247,7 @@ def _flat(ev: dict) -> dict[str, float]:
 # ---- features and inference need the models and the data stream -----------------------------
 
 def report_tta_views(config: dict) -> int:
-    """The run's TTA views (data.tta), or the seed's 3 when the run evaluates without TTA, so
+    """The run's TTA views (data.tta), or the paper's 3 when the run evaluates without TTA, so
     the report always shows the cost of TTA next to the plain forward pass."""
     views = (config.get("data") or {}).get("tta")
     return views if isinstance(views, int) and views > 1 else DEFAULT_TTA_VIEWS
@@ -287,7 +288,7 @@ def write_report(run: RunFolder, *, features: bool = True, inference: bool = Tru
           f"## Per-class accuracy ({shown_split(run)} split)", "", *section_per_class(run, out, labels, counts), "",
           f"## Confusion matrix (final model, {shown_split(run)} split)", "",
           *section_confusion(run, out, labels), "",
-          "## Features after each stage (seed 000, Figure 2)", ""]
+          "## Features after each stage (as Figure 2 of Li, Tan & Pan, NTIRE 2021)", ""]
     md += section_features(run, out, labels, max_per_class) if features else ["_Skipped (--no-features)._"]
     md += ["", "## Training curves", "", *section_curves(run, out), "",
            "## Post-hoc classifiers", "", *section_classifiers(run, out), "",
@@ -301,16 +302,7 @@ def write_report(run: RunFolder, *, features: bool = True, inference: bool = Tru
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainer report",
-                                description="Write RUN/report/*.png and RUN/report/report.md.")
-    p.add_argument("run", type=Path, help="run folder (holds config.yaml and metrics.json)")
-    p.add_argument("--max-per-class", type=int, default=200, help="validation chips per class in the feature plots")
-    p.add_argument("--no-features", action="store_true", help="skip the feature projections")
-    p.add_argument("--no-inference", action="store_true", help="skip the size/latency measurement")
-    p.add_argument("--large-batch", type=int, default=256, help="the large batch for the latency figures")
-    p.add_argument("--repeats", type=int, default=10, help="timed repeats per latency figure (median)")
-    p.add_argument("--device", default=None, help="cpu | cuda[:i] (default: cuda if available)")
-    args = p.parse_args(argv)
+    args = report_parser().parse_args(argv)
     return exit_on_error(lambda: _report(args), USER_ERRORS)
 
 

@@ -31,6 +31,10 @@ class PosthocClassifier:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if cls.name:
+            module = cls.__module__.rpartition(".")[2]
+            if cls.__module__.startswith("trainer.posthoc.classifiers.") and module != cls.name:
+                raise TypeError(f"{cls.__module__}: its classifier must be named {module!r} (trainer.posthoc.names "
+                                f"lists classifiers by module), not {cls.name!r}")
             _TABLE[cls.name] = cls
 
     @classmethod

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,8 @@ import yaml
 from shards.atomic import write_atomic
 from trainer.errors import ConfigError
 from trainer.spec.schedule import LENGTHS
-from trainer.spec.schema import (CLASSIFIERS, DEFAULT_LOSS, MOVED, OPEN, REQUIRED, RESUME_FREE,
-                            SCHEMA, STAGE, Field)
+from trainer.spec.schema import (CLASSIFIERS, DEFAULT_LOSS, LIGHT_SCHEMA, MOVED, OPEN, REQUIRED, RESUME_FREE,
+                                 STAGE, Field, full_schema)
 
 RECIPES_DIR = Path(__file__).parents[1] / "recipes"
 
@@ -53,10 +54,22 @@ def load_config(recipe: str, overrides: list[str] = ()) -> dict:
     apply_overrides(raw, overrides)
     cfg = validate(raw, source=str(path))
     if cfg["run"]["dir"] is None:
-        cfg["run"]["dir"] = str(Path("runs") / path.stem)
+        cfg["run"]["dir"] = str(fresh_run_dir(path.stem))
     if cfg["run"]["recipe"] is None:
         cfg["run"]["recipe"] = str(path)
     return cfg
+
+
+def fresh_run_dir(recipe: str, root: Path = Path("runs"), now: float | None = None) -> Path:
+    """The default run folder: runs/<recipe>/<YYYYmmdd-HHMMSS>, a new one for every run (a
+    suffix when that second's folder exists). Continuing a run is explicit: `resume RUN`, or
+    the same run.dir again. Under several processes rank 0's choice wins (preflight.prepare)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    folder, n = root / recipe / stamp, 1
+    while folder.exists():
+        n += 1
+        folder = root / recipe / f"{stamp}-{n}"
+    return folder
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> None:
@@ -198,14 +211,15 @@ def _join(path: str, key: Any) -> str:
 
 def validate(raw: dict, source: str = "recipe") -> dict:
     try:
-        cfg = _check_section("", SCHEMA, raw)
+        _check_semantics(_check_section("", LIGHT_SCHEMA, raw), light=True)   # all but posthoc.<name>.*, no torch
+        cfg = _check_section("", full_schema(), raw)
         _check_semantics(cfg)
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
     return cfg
 
 
-def _check_semantics(cfg: dict) -> None:
+def _check_semantics(cfg: dict, light: bool = False) -> None:
     """Checks that need more than one key; the ones that need the shards are in trainer.spec.resolve."""
     data = cfg["data"]
     for key in ("input_size", "tta"):
@@ -218,7 +232,7 @@ def _check_semantics(cfg: dict) -> None:
         raise ConfigError("data.num_workers: must be >= 0")
     if cfg["optim"]["grad_accum"] < 1:
         raise ConfigError("optim.grad_accum: must be >= 1")
-    for name, sec in cfg["posthoc"].items():
+    for name, sec in ({} if light else cfg["posthoc"]).items():
         if any(k in sec for k in LENGTHS):
             _check_length(f"posthoc.{name}", sec)
     names = set()

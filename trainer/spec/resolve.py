@@ -20,6 +20,7 @@ from datasets.stream_spec import StreamSpec, open_split
 from shards.errors import DataError
 from shards.index import ClassIndex
 from trainer.posthoc.registry import table
+from trainer.spec.optim_spec import OptimSpec
 from trainer.spec.schedule import Schedule, epochs_for, micro_batches
 from trainer.errors import ConfigError
 from trainer.losses import build_loss
@@ -27,20 +28,6 @@ from trainer.spec.views import view_names
 
 REBALANCING_KINDS = ("class", "sqrt", "progressive")
 REBALANCING_LOSSES = ("cb", "balanced_softmax")
-
-
-@dataclass(frozen=True)
-class OptimSpec:
-    """A stage's optimizer settings: the global `optim` with the stage's `optim` on top. The
-    defaults are the recipe's (trainer.spec.schema reads them from here)."""
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 0.0
-    schedule: str = "cosine"          # cosine | constant
-    min_lr: float = 0.0
-    grad_accum: int = 1
 
 
 @dataclass(frozen=True)
@@ -161,7 +148,7 @@ def _turns_the_radar(where: str, st: dict, axis: str) -> list[str]:
     if st["augment"]["rotate"] == "none" or axis not in ("horizontal", "vertical"):
         return []
     return [f"{where}: augment.rotate={st['augment']['rotate']} turns the radar's look direction, which "
-            f"is fixed in these chips (range axis {axis}); rotation cost 15 points on real SAR (DESIGN §6b)"]
+            f"is fixed in these chips (range axis {axis}); rotation cost 15 points on real SAR (docs/augmentation.md)"]
 
 
 def _stage(cfg: dict, i: int, st: dict, head: list[int], counts: np.ndarray) -> tuple[StageSpec, list[int]]:

@@ -3,6 +3,10 @@
 A `Field` is a leaf, a dict is a section, `OPEN` marks a free-form dict handed to its consumer
 (the loss config, the evaluation groups), and `stages` is a list whose items follow `STAGE`.
 trainer.spec.config validates recipes against it; trainer.spec.resolve resolves them.
+
+Loading it needs no torch except for the `posthoc` section, read from the post-hoc classifiers'
+Options (their modules import torch): `LIGHT_SCHEMA` leaves that section open, so a recipe's
+other keys are checked before torch loads; `SCHEMA` (built on first use) is the whole schema.
 """
 from __future__ import annotations
 
@@ -12,11 +16,13 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from datasets.augment import ROTATIONS, AugmentSpec
+from functools import cache
+
+from datasets.augment_spec import ROTATIONS, AugmentSpec
 from datasets.sampling import KINDS as SAMPLING_KINDS
 from datasets.sampling import SamplingSpec
-from trainer.posthoc.registry import table
-from trainer.spec.resolve import OptimSpec
+from trainer.posthoc.names import classifier_names
+from trainer.spec.optim_spec import OptimSpec
 
 REQUIRED = object()  # default meaning "must be given"
 
@@ -84,13 +90,14 @@ STAGE = {
     "classifiers": field(list, [], item_type=str),
     "select": field(str, "last", ["last", "best"]),
 }
-SCHEMA = {
+LIGHT_SCHEMA = {
     "seed": field(int, 0),
     "run": {
         "dir": field(str, None, nullable=True),
         "recipe": field(str, None, nullable=True),   # the recipe file it came from (set on load)
         "log_every": field(int, 50),
         "progress_bar": field(bool, True),
+        "log_with": field(str, "tensorboard", ["tensorboard", "csv", "wandb", "none"]),  # trainer/train/trackers.py
     },
     "data": {
         "shards": field(str, REQUIRED),
@@ -122,14 +129,29 @@ SCHEMA = {
         "groups": OPEN,
         "select_metric": field(str, "balanced_acc", ["balanced_acc", "top1"]),
     },
-    "posthoc": {name: section(kind.Options) for name, kind in table().items()},   # trainer.posthoc.classifiers
+    "posthoc": {name: OPEN for name in classifier_names()},   # SCHEMA: each classifier's Options
     "stages": [STAGE],
 }
 # Keys that moved: the old spelling is an error naming the new one ({} = the parent's path).
 MOVED = {("stage", "lr"): "{}.optim.lr"}
-CLASSIFIERS = tuple(SCHEMA["posthoc"])
+CLASSIFIERS = classifier_names()
 DEFAULT_LOSS = {"name": "ce"}
 # Keys that may differ between a run and its resumption (they do not change results).
-RESUME_FREE = {("data", "num_workers"), ("run", "progress_bar"),
+# run.dir: a moved or copied run folder still resumes.
+RESUME_FREE = {("data", "num_workers"), ("run", "progress_bar"), ("run", "dir"), ("run", "log_every"), ("run", "log_with"),
                ("data", "loader"), ("data", "dali_threads"), ("run", "recipe"),
-               *(("speed", k) for k in SCHEMA["speed"])}
+               *(("speed", k) for k in LIGHT_SCHEMA["speed"])}
+
+
+@cache
+def full_schema() -> dict:
+    """LIGHT_SCHEMA with the `posthoc` section of every classifier (imports torch)."""
+    from trainer.posthoc.registry import table
+
+    return {**LIGHT_SCHEMA, "posthoc": {name: section(kind.Options) for name, kind in table().items()}}
+
+
+def __getattr__(name: str):   # `schema.SCHEMA`, built when first asked for
+    if name == "SCHEMA":
+        return full_schema()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

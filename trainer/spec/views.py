@@ -1,7 +1,7 @@
 """Test-time augmentation views by name (the functions live in trainer.evaluate.scoring).
 
 `tta: auto` in a recipe means the identity plus the mirror images that keep the radar's look
-direction (datasets.geometry); an integer n means the first n of DIHEDRAL (n = 3 is the seed's
+direction (datasets.geometry); an integer n means the first n of DIHEDRAL (n = 3 is Li, Tan & Pan's
 identity/hflip/vflip).
 """
 from __future__ import annotations

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from trainer.errors import TrainingError
 from trainer.spec.schedule import Schedule
 from trainer.train.optim import set_lr
+from trainer.train.progress import StageProgress
 
 
 @dataclass
@@ -36,21 +36,22 @@ class EpochResult:
 def train_epoch(accelerator, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
                 batches: Iterable, *, n_micro: int, epoch: int, schedule: Schedule, global_step: int,
                 to_full: Callable[[torch.Tensor], torch.Tensor], label: tuple[int, str], start_batch: int = 0,
-                log_every: int = 50, progress_bar: bool = True, hooks: Hooks | None = None) -> EpochResult:
+                log_every: int = 50, progress: StageProgress | None = None,
+                hooks: Hooks | None = None) -> EpochResult:
     """Train on `batches` (this rank's micro-batches of the epoch, from `start_batch` on).
-    `to_full` maps head logits to all classes; `label` is the stage's (index, name) for logs."""
+    `to_full` maps head logits to all classes; `label` is the stage's (index, name) for logs;
+    `progress` shows the steps (tqdm or plain lines; None: nothing)."""
     window: list[torch.Tensor] = []     # per-step losses on device, checked every log_every steps
     window_steps: list[int] = []
     group: list = []
     batch, lr, stopped = start_batch, schedule.lr(0), False
     hooks = hooks or Hooks()
-    # disable=None: tqdm switches itself off when stderr is not a terminal (batch jobs' logs).
-    show = progress_bar and accelerator.is_local_main_process
-    bar = tqdm(total=n_micro, initial=start_batch, disable=None if show else True,
-               desc=f"{label[1]} ep{epoch}", leave=False, dynamic_ncols=True)
+    progress = progress or StageProgress(label, 0, 0, enabled=False)
+    progress.start_epoch(epoch, schedule.epochs, n_micro, start_batch)
 
     def flush() -> None:
-        _flush(hooks.log, window, window_steps, label, epoch, global_step, lr)
+        loss = _flush(hooks.log, window, window_steps, label, epoch, global_step, lr)
+        progress.report(loss, lr)
         window.clear()
         window_steps.clear()
 
@@ -65,8 +66,8 @@ def train_epoch(accelerator, model: nn.Module, optimizer: torch.optim.Optimizer,
         lr = schedule.lr(step_in_stage)
         set_lr(optimizer, lr)
         window.append(_step(accelerator, model, optimizer, loss_fn, to_full, group))
-        window_steps.append(step_in_stage)
-        bar.update(len(group))
+        window_steps.append(step_in_stage + 1)   # steps done in the stage, as the val rows count
+        progress.advance(len(group), sum(len(labels) for _, labels in group))
         group = []
         global_step += 1
         if hooks.on_step is not None:
@@ -77,7 +78,7 @@ def train_epoch(accelerator, model: nn.Module, optimizer: torch.optim.Optimizer,
         if not last and hooks.should_stop is not None and hooks.should_stop():
             stopped = True
             break
-    bar.close()
+    progress.end_epoch()
     if window:
         flush()
     return EpochResult(batch, stopped, global_step)
@@ -103,13 +104,14 @@ def _step(accelerator, model: nn.Module, optimizer, loss_fn: nn.Module, to_full,
 
 
 def _flush(log, window: list, steps: list[int], label: tuple[int, str], epoch: int, global_step: int,
-           lr: float) -> None:
-    """One host sync per log window: find a non-finite loss, then log the mean."""
+           lr: float) -> float:
+    """One host sync per log window: find a non-finite loss, then log the mean (returned)."""
     values = torch.stack(window).cpu().numpy()
     bad = np.flatnonzero(~np.isfinite(values))
     if bad.size:
         raise TrainingError(f"stage {label[0]} ({label[1]}): loss is {values[bad[0]]} at epoch {epoch}, "
-                            f"step {steps[bad[0]]} of the stage; lower the learning rate or check the data")
+                            f"step {steps[bad[0]] - 1} of the stage; lower the learning rate or check the data")
     if log is not None:
         log({"stage": label[0], "stage_name": label[1], "epoch": epoch, "step": steps[-1],
              "global_step": global_step, "kind": "train", "loss": float(values.mean()), "lr": lr})
+    return float(values.mean())

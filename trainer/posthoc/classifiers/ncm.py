@@ -32,13 +32,15 @@ class NCM(nn.Module):
         if metric not in self.METRICS:
             raise ConfigError(f"ncm metric: unknown {metric!r}; valid: {', '.join(self.METRICS)}")
         self.register_buffer("metric_id", torch.tensor(self.METRICS.index(metric)))
+        self._metric = metric   # also as Python: torch.export (ONNX) cannot read a buffer's value
+        self.register_load_state_dict_post_hook(_adopt_metric)   # the metric is state: a loaded one wins
         self.register_buffer("feature_mean", torch.zeros(feature_dim))
         self.register_buffer("means", torch.zeros(num_classes, feature_dim))
         self.register_buffer("present", torch.zeros(num_classes, dtype=torch.bool))
 
     @property
     def metric(self) -> str:
-        return self.METRICS[int(self.metric_id)]
+        return self._metric
 
     @property
     def classes(self) -> list[int]:
@@ -73,7 +75,7 @@ class NCM(nn.Module):
         return self
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        if not self.present.any():
+        if not torch.compiler.is_exporting() and not self.present.any():
             raise ConfigError("NCM: call fit() before scoring features")
         x = self._embed(features)
         if self.metric == "cosine":
@@ -83,6 +85,10 @@ class NCM(nn.Module):
             sq = (x * x).sum(1, keepdim=True) + (self.means * self.means).sum(1) - 2 * x.mm(self.means.T)
             scores = -sq.clamp_min(0.0)
         return scores.masked_fill(~self.present, float("-inf"))
+
+
+def _adopt_metric(module: NCM, incompatible_keys) -> None:
+    module._metric = module.METRICS[int(module.metric_id)]
 
 
 @dataclass(frozen=True)
