@@ -95,6 +95,10 @@ def test_dry_run_prints_every_stage_and_writes_nothing(tmp_path):
     assert "stages: " in r.stdout and "dry run: recipe and shards check out" in r.stdout
     assert "(3 ep ×" in r.stdout
     assert not (tmp_path / "runs").exists()
+    other = subprocess.run([PYTHON, "-m", "trainer", "--config", "two_stage_mini", f"data.shards={shards}",
+                            "--dry-run"], capture_output=True, text=True, env={**env, "RANK": "1", "WORLD_SIZE": "2"},
+                           cwd=tmp_path, timeout=300)
+    assert other.returncode == 0 and other.stdout == "", other.stdout   # under a launcher, rank 0 alone prints
     bad = subprocess.run([PYTHON, "-m", "trainer", "--config", "joint_mini", f"data.shards={tmp_path / 'none'}",
                           "--dry-run"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert bad.returncode == 2 and "error:" in bad.stderr

@@ -33,6 +33,8 @@ def dry_run(cfg: dict) -> int:
         "model": recipe.model, "range_axis": recipe.range_axis, "tta_views": list(recipe.tta_views),
         "split_sizes": {s: len(index.splits[s]) for s in index.splits}, "global_batch": cfg["data"]["batch_size"],
         "stages": stage_lengths(recipe), "notes": list(recipe.notes)}
+    if int(os.environ.get("RANK", "0")) != 0:   # every process checked; one prints
+        return 0
     print(format_banner(info))
     print(f"dry run: recipe and shards check out; {sum(s['steps'] for s in info['stages'])} steps in "
           f"{len(info['stages'])} stage(s); nothing was trained or written")
