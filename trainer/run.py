@@ -218,7 +218,8 @@ def _loss(run: Run, stage: StageSpec) -> torch.nn.Module:
     ranks of that sum, so the rank-averaged gradient is the one of the whole global batch."""
     acc = run.accelerator
     reduce_sum = (lambda t: acc.reduce(t, reduction="mean")) if acc.num_processes > 1 else None
-    return build_loss(stage.loss, np.asarray(stage.loss_counts), reduce_sum=reduce_sum).to(acc.device)
+    return build_loss(stage.loss, np.asarray(stage.loss_counts), reduce_sum=reduce_sum,
+                      logit_scale=run.model.classifier.scale).to(acc.device)
 
 
 def _validate(run: Run, stage: StageSpec, model, epoch: int, schedule, best: float | None) -> float | None:

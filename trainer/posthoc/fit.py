@@ -71,7 +71,7 @@ class FitContext:
     def linear_head(self) -> Head:
         """A CPU copy of the model's head."""
         head = self.net.classifier
-        out = Head(head.in_features, head.classes, head.normalized)
+        out = head.like().cpu()
         out.load_state_dict({k: v.detach().cpu() for k, v in head.state_dict().items()})
         return out
 

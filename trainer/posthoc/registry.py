@@ -60,11 +60,21 @@ class HeadClassifier(PosthocClassifier):
 
     @classmethod
     def card(cls, clf: nn.Module) -> dict:
-        return {"normalized": clf.head.normalized}
+        return head_card(clf.head)
 
     @classmethod
     def empty(cls, card: dict, feature_dim: int, num_classes: int) -> nn.Module:
-        return FullLogits(Head(feature_dim, num_classes, card.get("normalized", False)), num_classes)
+        return FullLogits(head_from_card(card, feature_dim, num_classes), num_classes)
+
+
+def head_card(head: Head) -> dict:
+    """What rebuilds a head's kind: cosine or not, and the cosine head's scale."""
+    return {"normalized": head.normalized, "scale": head.scale}
+
+
+def head_from_card(card: dict, feature_dim: int, num_classes: int) -> Head:
+    """An empty head of the kind `head_card` recorded (scale 1: saved before heads carried it)."""
+    return Head(feature_dim, num_classes, card.get("normalized", False), card.get("scale", 1.0))
 
 
 def table() -> dict[str, type[PosthocClassifier]]:

@@ -26,7 +26,7 @@ from trainer.losses import build_loss
 from trainer.spec.views import view_names
 
 REBALANCING_KINDS = ("class", "sqrt", "progressive")
-REBALANCING_LOSSES = ("cb", "balanced_softmax")
+REBALANCING_LOSSES = ("cb", "balanced_softmax", "logit_adjusted")
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,7 @@ SCHEMA = {
         "depth": field(int, 26),
         "width": field(int, 32),
         "head": field(str, "auto", ["auto", "linear", "cosine"]),  # auto: cosine for LDAM (its authors')
+        "cosine_scale": field(float, 30.0),   # s of a cosine head: logits s·cos (LDAM-DRW's s)
         "fusion": field(str, "early", ["early", "late"]),  # several modalities: stacked channels, or a backbone each
     },
     "optim": OPTIM,

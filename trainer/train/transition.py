@@ -28,7 +28,7 @@ def apply_head(model: nn.Module, stage: StageSpec, num_classes: int,
     elif stage.head_change == "reset":
         head.subset(head.classes)  # same classes …
         with torch.no_grad():       # … fresh rows, initialised like nn.Linear
-            fresh = type(head)(head.in_features, head.classes, head.normalized).to(head.weight.device)
+            fresh = head.like()
             head.weight.copy_(fresh.weight)
             if head.bias is not None:
                 head.bias.copy_(fresh.bias)
