@@ -34,6 +34,7 @@ from trainer.train.preemption import install, stop_requested
 from trainer.train.run_lock import run_lock
 from trainer.preflight import Setup, prepare
 from trainer.spec.resolve import StageSpec
+from trainer.streams import stage_seeds
 from trainer.train.optim import build_optimizer
 from trainer.train.transition import apply_head, set_train_mode, set_trainable
 from trainer.summary import banner, name_per_class, print_table
@@ -170,7 +171,7 @@ def run_stage(run: Run, stage: StageSpec, progress: dict | None) -> bool:
     model, optimizer = acc.prepare(run.model, build_optimizer(params, stage.optim, run.setup.speed.sgd))
     if run.setup.speed.compile:   # after DDP wrapping; evaluation uses the plain module
         model = torch.compile(model)
-    stream = run.setup.streams.train(stage, seed=run.cfg["seed"] * 1000 + stage.index)
+    stream = run.setup.streams.train(stage, *stage_seeds(run.cfg["seed"], stage))
     stream.set_epoch(0)
     schedule = stage.schedule.with_batches(len(stream))
     loss_fn = _loss(run, stage)

@@ -15,6 +15,7 @@ import torch
 from accelerate.utils import gather_object
 
 from shards.atomic import write_json
+from trainer.streams import sub_dataset
 
 HEADLINE = ("top1", "balanced_acc", "head", "middle", "tail", "many", "medium", "few")
 
@@ -76,6 +77,7 @@ def banner(setup, sizes: dict[str, int]) -> dict:
     """Who is running what, where: printed by the main process and written to RUN/run.json.
     Collective (every rank reports its device)."""
     acc, recipe = setup.accelerator, setup.recipe
+    labels = setup.index.split("train").labels
     devices = gather_object([f"rank {acc.process_index}: {_device_name(acc.device)}"])
     info = {
         "run_dir": str(setup.run_dir), "recipe": setup.cfg["run"]["recipe"],
@@ -85,7 +87,8 @@ def banner(setup, sizes: dict[str, int]) -> dict:
         "tta_views": list(recipe.tta_views),
         "split_sizes": sizes, "global_batch": setup.cfg["data"]["batch_size"],
         "stages": [{"name": s.name, "length": s.length, "epochs": s.epochs,
-                    "steps_per_epoch": s.steps_per_epoch, "steps": s.total_steps} for s in recipe.stages],
+                    "steps_per_epoch": s.steps_per_epoch, "steps": s.total_steps,
+                    "sub_dataset": sub_dataset(labels, s, setup.cfg["seed"])} for s in recipe.stages],
         "notes": list(recipe.notes),
         "versions": {"python": platform.python_version(), "torch": torch.__version__},
     }
