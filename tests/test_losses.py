@@ -251,3 +251,14 @@ def test_logit_adjusted_loss_handles_empty_classes_and_refuses_a_negative_tau():
     assert torch.isfinite(loss)
     with pytest.raises(ConfigError, match="loss.tau"):
         build_loss({"name": "logit_adjusted", "tau": -1.0}, [3, 1])
+
+
+def test_drw_at_is_a_share_of_the_stage_epochs():
+    counts = [100, 10, 1]
+    at = build_loss({"name": "ldam", "drw_at": 0.8}, counts, epochs=10)
+    assert at.drw_epoch == 8
+    assert build_loss({"name": "ce", "drw_at": 0.8}, counts, epochs=200).drw_epoch == 160   # kaidic's
+    with pytest.raises(ConfigError, match="drw_at: needs the stage's epochs"):
+        build_loss({"name": "ldam", "drw_at": 0.8}, counts)
+    with pytest.raises(ConfigError, match="not both"):
+        build_loss({"name": "ldam", "drw_at": 0.8, "drw_epoch": 3}, counts, epochs=10)

@@ -23,7 +23,9 @@ With equal weights both are the plain mean. Under data parallelism "weight" need
 Σ w_y: LongTailLoss's `reduce_sum` (e.g. an all-reduce mean over ranks) is applied to the local
 Σ w_y first, so that the averaged gradient does not depend on the number of ranks.
 With `drw_epoch` (deferred re-weighting, Cao et al. 2019) the weights apply only from that
-0-based epoch of the stage on; before it every weight is 1.
+0-based epoch of the stage on; before it every weight is 1. `drw_at` gives it as a share of the
+stage's epochs instead (0.8: kaidic's epoch 160 of 200), so a recipe measured in steps keeps
+the proportion on any data size; build_loss needs the stage's `epochs` for it.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ from torch import nn
 from trainer.errors import ConfigError
 
 COMMON = {"name": None, "label_smoothing": 0.0, "reweight": "none", "beta": 0.9999, "drw_epoch": None,
-          "normalize": None}
+          "drw_at": None, "normalize": None}
 EXTRA = {
     "ce": {},
     "cb": {},
@@ -143,9 +145,10 @@ class LongTailLoss(nn.Module):
 
 def build_loss(cfg: dict, class_counts: np.ndarray | list, *,
                reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
-               logit_scale: float = 1.0) -> nn.Module:
+               logit_scale: float = 1.0, epochs: int | None = None) -> nn.Module:
     """The configured loss; `reduce_sum` is handed to LongTailLoss (used with normalize: weight),
-    `logit_scale` is the scale the model's head applies (LongTailLoss)."""
+    `logit_scale` is the scale the model's head applies (LongTailLoss), `epochs` the stage's
+    length (for drw_at)."""
     name = cfg.get("name", "ce")
     if name not in EXTRA:
         raise ConfigError(f"loss.name: unknown loss {name!r}; valid: {', '.join(EXTRA)}")
@@ -155,6 +158,7 @@ def build_loss(cfg: dict, class_counts: np.ndarray | list, *,
         raise ConfigError(f"loss: unknown key(s) {unknown} for {name}; valid: {', '.join(valid)}")
     c = {**valid, **cfg, "name": name}
     counts = _check_counts(class_counts)
+    c = _drw_at(c, epochs)
     _check_values(c)
     reweight = c["reweight"]
     if reweight == "none" and (name == "cb" or c["drw_epoch"] is not None):
@@ -175,6 +179,20 @@ def build_loss(cfg: dict, class_counts: np.ndarray | list, *,
         # τ·(-inf) stays -inf for τ > 0; τ = 0 is plain CE, empty classes left at 0 (never targets)
         kwargs["log_prior"] = tau * log_prior if tau > 0 else np.zeros_like(log_prior)
     return LongTailLoss(weight, **kwargs)
+
+
+def _drw_at(c: dict, epochs: int | None) -> dict:
+    """drw_at (a share of the stage) -> drw_epoch (round(share · epochs))."""
+    at = c["drw_at"]
+    if at is None:
+        return c
+    if c["drw_epoch"] is not None:
+        raise ConfigError("loss: give drw_epoch or drw_at, not both")
+    if not isinstance(at, (int, float)) or isinstance(at, bool) or not 0 <= at <= 1:
+        raise ConfigError(f"loss.drw_at: expected a share of the stage's epochs in [0, 1], got {at!r}")
+    if epochs is None:
+        raise ConfigError("loss.drw_at: needs the stage's epochs (the trainer passes them)")
+    return {**c, "drw_epoch": int(round(at * epochs))}
 
 
 def _check_counts(class_counts) -> np.ndarray:

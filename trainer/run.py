@@ -220,7 +220,7 @@ def _loss(run: Run, stage: StageSpec) -> torch.nn.Module:
     acc = run.accelerator
     reduce_sum = (lambda t: acc.reduce(t, reduction="mean")) if acc.num_processes > 1 else None
     return build_loss(stage.loss, np.asarray(stage.loss_counts), reduce_sum=reduce_sum,
-                      logit_scale=run.model.classifier.scale).to(acc.device)
+                      logit_scale=run.model.classifier.scale, epochs=stage.epochs).to(acc.device)
 
 
 def _validate(run: Run, stage: StageSpec, model, epoch: int, schedule, best: float | None) -> float | None:
@@ -228,13 +228,22 @@ def _validate(run: Run, stage: StageSpec, model, epoch: int, schedule, best: flo
     val = run.evaluator.evaluate(model, "val")
     run.log({"stage": stage.index, "stage_name": stage.name, "epoch": epoch,
              "step": schedule.steps_per_epoch * (epoch + 1), "global_step": run.global_step,
-             "kind": "val", "top1": val["top1"], "balanced_acc": val["balanced_acc"]})
+             "kind": "val", "top1": val["top1"], "balanced_acc": val["balanced_acc"],
+             **_group_accuracy(val)})
     score = val[run.cfg["eval"]["select_metric"]]
     if stage.select == "best" and (best is None or score > best):
         best = score
         if run.accelerator.is_main_process:
             checkpoint.save_weights(run.model, run.stage_dir(stage.index) / "best.pt")
     return best
+
+
+def _group_accuracy(val: dict) -> dict:
+    """head/middle/tail (and many/medium/few) accuracy of an EVAL, for the history: a stage that
+    drops a class and the stage that restores it show the head's loss and recovery epoch by epoch."""
+    groups = val.get("groups") or {}
+    return {g: groups[g] for g in ("head", "middle", "tail", "many", "medium", "few")
+            if isinstance(groups.get(g), (int, float))}
 
 
 def _restored_rows(run: Run, stage: StageSpec) -> dict[int, tuple[torch.Tensor, torch.Tensor]] | None:

@@ -12,6 +12,7 @@ from torch import nn
 
 from trainer.errors import ConfigError
 from trainer.models.heads import FullLogits, Head
+from trainer.posthoc import batchnorm
 
 _TABLE: dict[str, type["PosthocClassifier"]] = {}
 _LOADED: list[bool] = []
@@ -56,15 +57,16 @@ class PosthocClassifier:
 
 
 class HeadClassifier(PosthocClassifier):
-    """A classifier that is a linear (or cosine) `Head` over all classes: saved and loaded alike."""
+    """A classifier that is a linear (or cosine) `Head` over all classes, maybe with the
+    BatchNorm statistics it was trained with (trainer.posthoc.batchnorm): saved and loaded alike."""
 
     @classmethod
     def card(cls, clf: nn.Module) -> dict:
-        return head_card(clf.head)
+        return {**head_card(batchnorm.inner(clf).head), **batchnorm.card(clf)}
 
     @classmethod
     def empty(cls, card: dict, feature_dim: int, num_classes: int) -> nn.Module:
-        return FullLogits(head_from_card(card, feature_dim, num_classes), num_classes)
+        return batchnorm.rewrap(card, FullLogits(head_from_card(card, feature_dim, num_classes), num_classes))
 
 
 def head_card(head: Head) -> dict:

@@ -63,7 +63,7 @@ SAMPLER = section(SamplingSpec, kind=field(str, "instance", SAMPLING_KINDS),
 AUGMENT = section(AugmentSpec, rotate=field(str, "none", ROTATIONS),
                   hflip=auto_bool(False), vflip=auto_bool(False),   # auto: when the mirror keeps the look direction
                   crop_scale=field(list, [1.0, 1.0], item_type=float))
-OPTIM = {**section(OptimSpec, schedule=field(str, "cosine", ["cosine", "constant"])),
+OPTIM = {**section(OptimSpec, schedule=field(str, "cosine", ["cosine", "constant", "step"])),
          "precision": field(str, "auto", ["auto", "no", "bf16", "fp16"])}
 # Per-stage optimizer overrides: same keys, every one optional (None = take the global value).
 STAGE_OPTIM = {k: field(f.types, None, f.choices, True, f.item_type) for k, f in OPTIM.items()
