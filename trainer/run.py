@@ -192,7 +192,7 @@ def run_stage(run: Run, stage: StageSpec, progress: dict | None) -> bool:
     while epoch < stage.epochs:
         if hasattr(loss_fn, "set_epoch"):
             loss_fn.set_epoch(epoch)
-        set_train_mode(run.model, stage.train)
+        set_train_mode(run.model, stage.train, stage.bn)
         stream.set_epoch(epoch, batch)
         done = train_epoch(acc, model, optimizer, loss_fn, run.setup.streams.iterate(stream), n_micro=len(stream),
                            epoch=epoch, start_batch=batch, schedule=schedule, global_step=run.global_step,

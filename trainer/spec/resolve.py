@@ -60,6 +60,7 @@ class StageSpec:
     optim: OptimSpec
     classifiers: tuple[str, ...]
     select: str                        # last | best
+    bn: str = "eval"                   # eval | train: a frozen backbone's BatchNorm statistics
 
     @property
     def epochs(self) -> int:
@@ -195,7 +196,7 @@ def _stage(cfg: dict, i: int, st: dict, head: list[int], counts: np.ndarray) -> 
         sampling=sampling, augment=augment, train=st["train"], head_change=st["head"],
         expand_rows=st["expand_rows"], head_classes=tuple(head), loss=dict(st["loss"]),
         loss_counts=loss_counts, optim=optim, classifiers=tuple(st["classifiers"]),
-        select=st["select"]), head
+        select=st["select"], bn=st["bn"]), head
 
 
 def _make(where: str, make, value):

@@ -83,6 +83,9 @@ STAGE = {
     "optim": STAGE_OPTIM,
     "classifiers": field(list, [], item_type=str),
     "select": field(str, "last", ["last", "best"]),
+    # a frozen backbone's BatchNorm (train: classifier | last_block): eval keeps its statistics;
+    # train re-estimates them on this stage's batches, as classifier-balancing's cRT does
+    "bn": field(str, "eval", ["eval", "train"]),
 }
 SCHEMA = {
     "seed": field(int, 0),
