@@ -56,7 +56,8 @@ def test_decoupled_crt_carries_its_batchnorm_statistics_and_logit_adjust_is_usab
     assert main(["predict", "--run", str(run), "--images", str(shards.parent / "test_images"),
                  "--out", str(out), "--classifier", "logit_adjust"]) == 0
     assert len(out.read_text().splitlines()) == 9
-    assert main(["export", "--run", str(run), "--classifier", "crt", "--format", "torchscript"]) == 0
+    for clf in ("crt", "logit_adjust"):
+        assert main(["export", "--run", str(run), "--classifier", clf, "--format", "torchscript"]) == 0
 
 
 @pytest.mark.slow

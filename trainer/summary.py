@@ -100,6 +100,7 @@ def banner(setup, sizes: dict[str, int]) -> dict:
 
 def format_banner(info: dict) -> str:
     stages = "; ".join(f"{s['name']} {s['steps']} steps ({s['epochs']} ep × {s['steps_per_epoch']})"
+                       + (f" on sub-dataset {s['sub_dataset']['digest']}" if s.get("sub_dataset") else "")
                        for s in info["stages"])
     sizes = ", ".join(f"{k} {v}" for k, v in info["split_sizes"].items())
     lines = [f"run {info['run_dir']}: {info['world_size']} process(es) on {', '.join(info['devices'])}, "
