@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from trainer.__main__ import main
+from trainer.evaluate.scoring import score_views
 from trainer_helpers import TINY, build_tiny, recipe_overrides
 
 
@@ -58,6 +60,18 @@ def test_decoupled_crt_carries_its_batchnorm_statistics_and_logit_adjust_is_usab
     assert len(out.read_text().splitlines()) == 9
     for clf in ("crt", "logit_adjust"):
         assert main(["export", "--run", str(run), "--classifier", clf, "--format", "torchscript"]) == 0
+    # the exported crt model carries the classifier's statistics: it predicts as the scorer does
+    from trainer.commands.export import load_exported
+    from trainer.commands.predict import load_scorer, run_normalizer
+
+    scorer, info = load_scorer(run, "crt")
+    chips = torch.randint(0, 256, (6, 1, 16, 16), dtype=torch.uint8)
+    ids, conf = load_exported(run / "export" / "model-crt.pt", "torchscript")(chips)
+    with torch.no_grad():
+        scores, mean = score_views(scorer.model, [scorer.classifier], run_normalizer(info).from_uint8(chips),
+                                   scorer.views, mean_logits=True)[0]
+    assert (ids == scores.argmax(1).numpy()).all()
+    np.testing.assert_allclose(conf, mean.softmax(1).max(1).values.numpy(), rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.slow
