@@ -5,6 +5,7 @@ same global plan and takes its own share of it without talking to the others.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -157,31 +158,37 @@ def _draw(ids: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate(chunks) if chunks else ids[:0]
 
 
-def _rngs(spec: SamplingSpec, seed: int, epoch: int) -> tuple[np.random.Generator, np.random.Generator]:
+def _rngs(spec: SamplingSpec, seed: int, epoch: int,
+          draw_seed: int | None = None) -> tuple[np.random.Generator, np.random.Generator]:
     """(rng that picks the draws, rng that orders them). redraw "epoch" uses one stream for
     both, exactly as before the option existed, so earlier runs keep their plans; "stage"
-    draws from a stream without the epoch, so every epoch of the stage gets the same draws."""
+    draws from a stream of `draw_seed` (default `seed`) without the epoch, so every epoch of the
+    stage gets the same draws, and stages given one draw_seed and the same per_class and class
+    filter draw the same sub-dataset (seed 000's stages 3a and 3b)."""
     order = np.random.default_rng(np.random.SeedSequence([seed, epoch, 0x5A4D]))
     if spec.resolved_redraw == "stage":
-        return np.random.default_rng(np.random.SeedSequence([seed, 0x5A4D, 0x57A6E])), order
+        fixed = seed if draw_seed is None else draw_seed
+        return np.random.default_rng(np.random.SeedSequence([fixed, 0x5A4D, 0x57A6E])), order
     return order, order
 
 
 def epoch_plan(labels: np.ndarray, spec: SamplingSpec, *, epoch: int, total_epochs: int,
-               seed: int) -> np.ndarray:
+               seed: int, draw_seed: int | None = None) -> np.ndarray:
     """Global ordered sample ids for one epoch; identical on every rank (depends only on its arguments).
 
     instance (no epoch_size): a permutation of the (filtered) samples, each exactly once.
     sequential: sorted ids, no shuffle. Other kinds: class j gets the largest-remainder rounding
     of N·p_j draws, taken without replacement within the class (cycling), then shuffled.
-    With redraw "stage" the drawn multiset is the same every epoch; only the order changes.
+    With redraw "stage" the drawn multiset is the same every epoch; only the order changes;
+    `draw_seed` (default `seed`) picks it (see _rngs).
     """
     labels = np.asarray(labels, dtype=np.int64)
     if spec.kind == "sequential" and spec.classes is None:
         return np.arange(len(labels), dtype=np.int64)     # every sample, unlabeled ones too (ood)
     if labels.size and labels.min() < 0:                  # unlabeled samples belong to no class
         valid = np.flatnonzero(labels >= 0)
-        return valid[epoch_plan(labels[valid], spec, epoch=epoch, total_epochs=total_epochs, seed=seed)]
+        return valid[epoch_plan(labels[valid], spec, epoch=epoch, total_epochs=total_epochs, seed=seed,
+                                draw_seed=draw_seed)]
     num_classes = int(labels.max()) + 1 if labels.size else 0
     if spec.classes is not None:
         num_classes = max(num_classes, spec.classes[-1] + 1)
@@ -189,7 +196,7 @@ def epoch_plan(labels: np.ndarray, spec: SamplingSpec, *, epoch: int, total_epoc
     kept = _filtered_counts(counts, spec)
     if spec.kind == "sequential":
         return np.flatnonzero(kept[labels] > 0).astype(np.int64)
-    draw_rng, order_rng = _rngs(spec, seed, epoch)
+    draw_rng, order_rng = _rngs(spec, seed, epoch, draw_seed)
     if spec.per_class is not None:
         draws = np.where(kept > 0, spec.per_class, 0)
     else:
@@ -227,3 +234,10 @@ def rank_batches(plan: np.ndarray, batch_size: int, rank: int, world: int,
         plan = np.resize(plan, per_rank * world * size)   # repeats the plan from its start
     batches = np.array_split(plan, per_rank * world)
     return batches[rank::world]
+
+
+def sub_dataset_digest(plan: np.ndarray) -> str:
+    """A short digest of the multiset of sample ids a plan draws (its order left out): two
+    stages with the same digest train on the same sub-dataset."""
+    ids = np.sort(np.asarray(plan, dtype=np.int64))
+    return hashlib.sha256(ids.tobytes()).hexdigest()[:16]

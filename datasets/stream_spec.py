@@ -39,6 +39,7 @@ class StreamSpec:
     world: int = 1
     total_epochs: int = 1
     equal_batches: bool = False         # pad the epoch so every batch has one size (torch.compile)
+    draw_seed: int | None = None        # a fixed sub-dataset's draw (redraw stage); None: seed
 
     @classmethod
     def sequential(cls, batch_size: int, input_size: int, *, rank: int = 0, world: int = 1,
@@ -123,7 +124,7 @@ class OpenSplit:
     def batches(self, spec: StreamSpec, epoch: int) -> list[np.ndarray]:
         """This rank's sample ids per batch for one epoch (the same plan for every stream)."""
         plan = epoch_plan(self.split.labels, spec.sampling, epoch=epoch,
-                          total_epochs=spec.total_epochs, seed=spec.seed)
+                          total_epochs=spec.total_epochs, seed=spec.seed, draw_seed=spec.draw_seed)
         try:
             return rank_batches(plan, spec.batch_size, spec.rank, spec.world, spec.equal_batches)
         except DataError as e:

@@ -38,7 +38,8 @@ def test_three_stage_is_seed_000(monkeypatch):
     cfg = load_config("three_stage")
     st = cfg["stages"]
     assert [s["epochs"] for s in st] == [20, 100, 20, 10]
-    assert cfg["model"] == {"name": "shake_shake", "depth": 26, "width": 32, "head": "auto", "fusion": "early"}
+    assert cfg["model"] == {"name": "shake_shake", "depth": 26, "width": 32, "head": "auto", "cosine_scale": 30.0,
+                            "fusion": "early"}
     assert st[1]["head"] == "subset" and st[1]["sampler"]["classes"] == list(range(1, 10))
     assert st[2]["head"] == "expand" and st[2]["sampler"] == {**st[2]["sampler"], "kind": "class", "per_class": 5000}
     assert st[2]["train"] == "all" and st[3]["train"] == "classifier"

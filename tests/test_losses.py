@@ -230,3 +230,35 @@ def test_loss_follows_logits_device_dtype():
 def test_bad_config_is_one_clear_error(cfg, counts, match):
     with pytest.raises(ConfigError, match=match):
         build_loss(cfg, counts)
+
+
+def test_logit_adjusted_loss_is_ce_on_logits_plus_tau_log_prior():
+    # Menon et al. 2021 (google-research/logit_adj): CE(z + τ·log π); τ = 1 is balanced softmax
+    counts = [60, 30, 10]
+    prior = torch.tensor([0.6, 0.3, 0.1])
+    for tau in (0.5, 1.0, 2.0):
+        got = build_loss({"name": "logit_adjusted", "tau": tau}, counts)(LOGITS, TARGET)
+        torch.testing.assert_close(got, F.cross_entropy(LOGITS + tau * prior.log(), TARGET))
+    torch.testing.assert_close(build_loss({"name": "logit_adjusted"}, counts)(LOGITS, TARGET),
+                               build_loss({"name": "balanced_softmax"}, counts)(LOGITS, TARGET))
+    torch.testing.assert_close(build_loss({"name": "logit_adjusted", "tau": 0.0}, counts)(LOGITS, TARGET),
+                               F.cross_entropy(LOGITS, TARGET))
+
+
+def test_logit_adjusted_loss_handles_empty_classes_and_refuses_a_negative_tau():
+    z = torch.tensor([[0.3, 0.1, float("-inf")], [0.0, 0.2, float("-inf")]])
+    loss = build_loss({"name": "logit_adjusted", "tau": 1.0}, [30, 10, 0])(z, torch.tensor([0, 1]))
+    assert torch.isfinite(loss)
+    with pytest.raises(ConfigError, match="loss.tau"):
+        build_loss({"name": "logit_adjusted", "tau": -1.0}, [3, 1])
+
+
+def test_drw_at_is_a_share_of_the_stage_epochs():
+    counts = [100, 10, 1]
+    at = build_loss({"name": "ldam", "drw_at": 0.8}, counts, epochs=10)
+    assert at.drw_epoch == 8
+    assert build_loss({"name": "ce", "drw_at": 0.8}, counts, epochs=200).drw_epoch == 160   # kaidic's
+    with pytest.raises(ConfigError, match="drw_at: needs the stage's epochs"):
+        build_loss({"name": "ldam", "drw_at": 0.8}, counts)
+    with pytest.raises(ConfigError, match="not both"):
+        build_loss({"name": "ldam", "drw_at": 0.8, "drw_epoch": 3}, counts, epochs=10)

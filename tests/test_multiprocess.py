@@ -24,7 +24,8 @@ def test_two_cpu_ranks(tmp_path):
            "--main_process_port", "29531", str(REPO / "tests" / "hooked_trainer.py"), "--debug-ids",
            "--config", "three_stage_mini", f"data.shards={shards}", f"run.dir={run}", *TINY,
            "stages.0.epochs=2", "stages.1.epochs=1", "stages.2.epochs=1", "stages.3.epochs=1",
-           "stages.1.sampler.classes=[1,2,3]", "stages.2.sampler.per_class=8", "stages.3.sampler.per_class=8"]
+           "stages.1.sampler.classes=[1,2,3]", "stages.2.sampler.per_class=8", "stages.3.sampler.per_class=8",
+           "stages.3.classifiers=[crt]", "posthoc.crt.steps=4"]   # cRT: bn train, select best (defaults)
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -61,3 +62,8 @@ def test_two_cpu_ranks(tmp_path):
     n_val = index["splits"]["val"]["num_samples"]
     assert m["final"]["val"]["num_samples"] == n_val  # gathered over ranks, no duplicates
     assert sum(map(sum, m["final"]["val"]["confusion"])) == n_val
+    # 3a and 3b drew one sub-dataset: the same multiset of ids over both ranks
+    assert sorted(seen[(2, 0)][0] + seen[(2, 0)][1]) == sorted(seen[(3, 0)][0] + seen[(3, 0)][1])
+    # cRT re-estimated BatchNorm on two ranks (statistics averaged) and kept its best epoch
+    crt = m["final"]["val"]["classifiers"]["crt"]
+    assert crt["bn"] == "train" and 0 <= crt["epoch"] < crt["epochs"]

@@ -231,3 +231,43 @@ def test_unlabeled_samples_are_evaluated_but_never_drawn():
     assert sorted(plan.tolist()) == [0, 2, 4, 5]
     plan = epoch_plan(labels, SamplingSpec(kind="class", per_class=3), epoch=0, total_epochs=1, seed=0)
     assert -1 not in labels[plan] and len(plan) == 6
+
+
+def test_stages_with_one_draw_seed_share_their_per_class_sub_dataset():
+    """Seed 000's stages 3a and 3b: one draw of per_class, shared; each stage its own order."""
+    from datasets.sampling import sub_dataset_digest
+
+    labels = np.repeat(np.arange(4), [300, 40, 9, 2])
+    spec = SamplingSpec(kind="class", per_class=20)
+    a = epoch_plan(labels, spec, epoch=0, total_epochs=3, seed=2, draw_seed=7)
+    b = epoch_plan(labels, spec, epoch=1, total_epochs=2, seed=3, draw_seed=7)
+    assert sorted(a) == sorted(b) and not np.array_equal(a, b)
+    assert sub_dataset_digest(a) == sub_dataset_digest(b)
+    c = epoch_plan(labels, spec, epoch=0, total_epochs=3, seed=2, draw_seed=8)
+    assert sub_dataset_digest(c) != sub_dataset_digest(a)
+    # without draw_seed each stage seed draws its own (the former behaviour)
+    assert sub_dataset_digest(epoch_plan(labels, spec, epoch=0, total_epochs=3, seed=2)) != \
+        sub_dataset_digest(epoch_plan(labels, spec, epoch=0, total_epochs=3, seed=3))
+
+
+def test_stage_seeds_share_the_draw_but_not_the_order():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from trainer_helpers import fake_index
+    from trainer.spec.config import validate
+    from trainer.spec.resolve import resolve
+    from trainer.streams import stage_seeds, sub_dataset
+
+    st = {"sampler": {"kind": "class", "per_class": 30}}
+    cfg = validate({"data": {"shards": "/x", "batch_size": 16}, "stages": [
+        {"name": "a", "steps": 5}, {"name": "3a", "steps": 5, **st}, {"name": "3b", "steps": 3, **st}]})
+    index = fake_index([200, 50, 10])
+    stages = resolve(cfg, index).stages
+    labels = index.split("train").labels
+    assert stage_seeds(4, stages[1])[0] != stage_seeds(4, stages[2])[0]
+    assert sub_dataset(labels, stages[0], 4) is None                # instance: all data each epoch
+    a, b = sub_dataset(labels, stages[1], 4), sub_dataset(labels, stages[2], 4)
+    assert a == b and a["samples"] == 90 and a["distinct"] == 30 + 30 + 10
+    assert sub_dataset(labels, stages[1], 5)["digest"] != a["digest"]

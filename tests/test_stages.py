@@ -149,3 +149,13 @@ def test_frozen_params_get_no_optimizer_state():
     params = set_trainable(model, "classifier")
     assert {id(p) for p in params} == {id(p) for p in model.classifier.parameters()}
     assert all(not p.requires_grad for n, p in model.named_parameters() if not n.startswith("classifier"))
+
+
+def test_step_schedule_is_kaidics_cifar_decay():
+    from trainer.spec.schedule import Schedule
+
+    s = Schedule(micro_per_epoch=10, epochs=20, lr_max=0.1, warmup_epochs=1, kind="step")
+    assert s.lr(0) == pytest.approx(0.01) and s.lr(9) == pytest.approx(0.1)
+    assert s.lr(159) == pytest.approx(0.1)
+    assert s.lr(160) == pytest.approx(0.001) and s.lr(179) == pytest.approx(0.001)
+    assert s.lr(180) == pytest.approx(1e-5) and s.lr(199) == pytest.approx(1e-5)

@@ -53,7 +53,7 @@ def test_recipe_end_to_end(recipe, shards, tmp_path, capsys):
     assert m["final"]["test"]["num_samples"] == 8
     if recipe == "decoupled_mini":
         for split in ("val", "test"):
-            assert set(m["final"][split]["classifiers"]) == {"crt", "ncm", "tau_norm", "lws"}
+            assert set(m["final"][split]["classifiers"]) == {"crt", "ncm", "tau_norm", "lws", "logit_adjust"}
             for ev in m["final"][split]["classifiers"].values():
                 check_eval(ev, 4)
         assert 0 <= m["final"]["val"]["classifiers"]["tau_norm"]["tau"] <= 2
@@ -218,7 +218,7 @@ def test_posthoc_classifiers_are_saved_and_predict_matches_metrics(shards, tmp_p
     assert train("decoupled_mini", shards, run, "data.tta=3") == 0
     m = json.loads((run / "metrics.json").read_text())
     labels = {int(r["image_id"]): int(r["class_id"]) for r in csv.DictReader((shards.parent / "test_labels.csv").open())}
-    for name in ("model", "crt", "ncm", "tau_norm", "lws"):
+    for name in ("model", "crt", "ncm", "tau_norm", "lws", "logit_adjust"):
         expected = m["final"]["test"] if name == "model" else m["final"]["test"]["classifiers"][name]
         out = tmp_path / f"{name}.csv"
         assert main(["predict", "--run", str(run), "--images", str(shards.parent / "test_images"),

@@ -6,6 +6,10 @@ class ids. No loss produces NaN for such logits (label smoothing averages over t
 classes only). `class_counts` are the training counts of the stage's data, 0 for classes it
 does not use; classes with count 0 get weight 0 and margin 0 (they are never targets).
 
+`logit_adjusted` is Menon et al.'s logit-adjusted loss (ICLR 2021, google-research/logit_adj):
+CE on z_j + τ·log π_j, π the stage's training prior; τ = 1 (their default) equals balanced_softmax.
+The post-hoc twin, z_j − τ·log π_j after plain training, is the `logit_adjust` classifier.
+
 Per-class weights w (`reweight`: inverse 1/n, sqrt_inverse 1/√n, cb (1-β)/(1-β^n) — Cui et al.
 2019) are normalised to sum to the number of present classes. `normalize` says how the
 weighted per-sample losses l are reduced:
@@ -19,7 +23,9 @@ With equal weights both are the plain mean. Under data parallelism "weight" need
 Σ w_y: LongTailLoss's `reduce_sum` (e.g. an all-reduce mean over ranks) is applied to the local
 Σ w_y first, so that the averaged gradient does not depend on the number of ranks.
 With `drw_epoch` (deferred re-weighting, Cao et al. 2019) the weights apply only from that
-0-based epoch of the stage on; before it every weight is 1.
+0-based epoch of the stage on; before it every weight is 1. `drw_at` gives it as a share of the
+stage's epochs instead (0.8: kaidic's epoch 160 of 200), so a recipe measured in steps keeps
+the proportion on any data size; build_loss needs the stage's `epochs` for it.
 """
 from __future__ import annotations
 
@@ -33,13 +39,14 @@ from torch import nn
 from trainer.errors import ConfigError
 
 COMMON = {"name": None, "label_smoothing": 0.0, "reweight": "none", "beta": 0.9999, "drw_epoch": None,
-          "normalize": None}
+          "drw_at": None, "normalize": None}
 EXTRA = {
     "ce": {},
     "cb": {},
     "focal": {"gamma": 2.0},
     "ldam": {"max_margin": 0.5, "scale": 30.0},
     "balanced_softmax": {},
+    "logit_adjusted": {"tau": 1.0},   # Menon et al. 2021: CE on z + τ·log π (τ = 1: balanced softmax)
 }
 REWEIGHTS = ("none", "inverse", "sqrt_inverse", "cb")
 NORMALIZE = ("batch", "weight")
@@ -73,9 +80,12 @@ def ldam_margins(counts: np.ndarray, max_margin: float) -> np.ndarray:
 
 
 class LongTailLoss(nn.Module):
-    """Weighted (focal) cross-entropy on adjusted logits: LDAM uses s·(z - m_y·onehot(y)),
-    balanced softmax z + log(n_j / N). LDAM's s = 30 was designed for cosine logits (model
-    head: cosine); with the plain linear Head a smaller `scale` may suit better.
+    """Weighted (focal) cross-entropy on adjusted logits: LDAM uses s·(z/k - m_y·onehot(y)),
+    balanced softmax and logit-adjusted CE z + τ·log(n_j / N). LDAM's s = 30 was designed for
+    cosine logits (model head: cosine). `logit_scale` k is the scale the head already applied
+    (a cosine head's s, 1 for a linear head): LDAM's margin is in cosine units, so it divides
+    k out first and s·(cos - m_y) is kaidic's logit whatever head carries the scale. Every other
+    loss takes the head's logits as they are: a cosine head scales them itself.
 
     normalize: "batch" (Σ w_y·l / B) or "weight" (Σ w_y·l / Σ w_y), see the module doc.
     reduce_sum: with "weight", applied to the local Σ w_y before dividing; pass an all-reduce
@@ -84,12 +94,13 @@ class LongTailLoss(nn.Module):
     def __init__(self, weight: np.ndarray, *, drw_epoch: int | None = None, gamma: float = 0.0,
                  label_smoothing: float = 0.0, margins: np.ndarray | None = None, scale: float = 1.0,
                  log_prior: np.ndarray | None = None, normalize: str = "batch",
-                 reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+                 reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 logit_scale: float = 1.0) -> None:
         super().__init__()
         if normalize not in NORMALIZE:
             raise ConfigError(f"loss.normalize: unknown {normalize!r}; valid: {', '.join(NORMALIZE)}")
         self.drw_epoch, self.gamma, self.smoothing, self.scale = drw_epoch, gamma, label_smoothing, scale
-        self.normalize, self.reduce_sum = normalize, reduce_sum
+        self.normalize, self.reduce_sum, self.logit_scale = normalize, reduce_sum, float(logit_scale)
         self.register_buffer("target_weight", torch.tensor(weight, dtype=torch.float32))
         self.register_buffer("weight", self.target_weight.clone())
         self.register_buffer("margins", None if margins is None else torch.tensor(margins, dtype=torch.float32))
@@ -103,6 +114,8 @@ class LongTailLoss(nn.Module):
     def adjust(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
         if self.margins is not None:
+            if self.logit_scale != 1.0:
+                logits = logits / self.logit_scale   # back to cosines: the margin is in their units
             m = self.margins.to(logits.device)[target]
             logits = logits.scatter_add(1, target[:, None], -m[:, None])
         if self.log_prior is not None:
@@ -131,8 +144,11 @@ class LongTailLoss(nn.Module):
 
 
 def build_loss(cfg: dict, class_counts: np.ndarray | list, *,
-               reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None) -> nn.Module:
-    """The configured loss; `reduce_sum` is handed to LongTailLoss (used with normalize: weight)."""
+               reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
+               logit_scale: float = 1.0, epochs: int | None = None) -> nn.Module:
+    """The configured loss; `reduce_sum` is handed to LongTailLoss (used with normalize: weight),
+    `logit_scale` is the scale the model's head applies (LongTailLoss), `epochs` the stage's
+    length (for drw_at)."""
     name = cfg.get("name", "ce")
     if name not in EXTRA:
         raise ConfigError(f"loss.name: unknown loss {name!r}; valid: {', '.join(EXTRA)}")
@@ -142,6 +158,7 @@ def build_loss(cfg: dict, class_counts: np.ndarray | list, *,
         raise ConfigError(f"loss: unknown key(s) {unknown} for {name}; valid: {', '.join(valid)}")
     c = {**valid, **cfg, "name": name}
     counts = _check_counts(class_counts)
+    c = _drw_at(c, epochs)
     _check_values(c)
     reweight = c["reweight"]
     if reweight == "none" and (name == "cb" or c["drw_epoch"] is not None):
@@ -149,16 +166,33 @@ def build_loss(cfg: dict, class_counts: np.ndarray | list, *,
     weight = loss_weights(counts, reweight, c["beta"])
     normalize = c["normalize"] or ("weight" if name == "ldam" or c["drw_epoch"] is not None else "batch")
     kwargs = {"drw_epoch": c["drw_epoch"], "label_smoothing": c["label_smoothing"],
-              "normalize": normalize, "reduce_sum": reduce_sum}
+              "normalize": normalize, "reduce_sum": reduce_sum, "logit_scale": logit_scale}
     if name == "focal":
         kwargs["gamma"] = c["gamma"]
     elif name == "ldam":
         kwargs["margins"] = ldam_margins(counts, c["max_margin"])
         kwargs["scale"] = c["scale"]
-    elif name == "balanced_softmax":
+    elif name in ("balanced_softmax", "logit_adjusted"):
+        tau = c.get("tau", 1.0)
         with np.errstate(divide="ignore"):
-            kwargs["log_prior"] = np.log(counts / counts.sum())  # -inf for empty classes
+            log_prior = np.log(counts / counts.sum())  # -inf for empty classes
+        # τ·(-inf) stays -inf for τ > 0; τ = 0 is plain CE, empty classes left at 0 (never targets)
+        kwargs["log_prior"] = tau * log_prior if tau > 0 else np.zeros_like(log_prior)
     return LongTailLoss(weight, **kwargs)
+
+
+def _drw_at(c: dict, epochs: int | None) -> dict:
+    """drw_at (a share of the stage) -> drw_epoch (round(share · epochs))."""
+    at = c["drw_at"]
+    if at is None:
+        return c
+    if c["drw_epoch"] is not None:
+        raise ConfigError("loss: give drw_epoch or drw_at, not both")
+    if not isinstance(at, (int, float)) or isinstance(at, bool) or not 0 <= at <= 1:
+        raise ConfigError(f"loss.drw_at: expected a share of the stage's epochs in [0, 1], got {at!r}")
+    if epochs is None:
+        raise ConfigError("loss.drw_at: needs the stage's epochs (the trainer passes them)")
+    return {**c, "drw_epoch": int(round(at * epochs))}
 
 
 def _check_counts(class_counts) -> np.ndarray:
@@ -186,6 +220,8 @@ def _check_values(c: dict) -> None:
         raise ConfigError(f"loss.drw_epoch: expected a non-negative integer or null, got {d!r}")
     if "gamma" in c:
         number("gamma", 0.0, float("inf"))
+    if "tau" in c:
+        number("tau", 0.0, float("inf"))
     if "max_margin" in c:
         number("max_margin", 0.0, float("inf"), lo_open=True)
         number("scale", 0.0, float("inf"), lo_open=True)

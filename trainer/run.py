@@ -37,6 +37,7 @@ from trainer.trackers import project_name
 from trainer.train.run_lock import run_lock
 from trainer.preflight import Setup, prepare
 from trainer.spec.resolve import StageSpec
+from trainer.streams import stage_seeds
 from trainer.train.optim import build_optimizer
 from trainer.train.transition import apply_head, set_train_mode, set_trainable
 from trainer.summary import banner, format_end, name_per_class, print_table
@@ -176,7 +177,7 @@ def run_stage(run: Run, stage: StageSpec, progress: dict | None) -> bool:
     model, optimizer = acc.prepare(run.model, build_optimizer(params, stage.optim, run.setup.speed.sgd))
     if run.setup.speed.compile:   # after DDP wrapping; evaluation uses the plain module
         model = torch.compile(model)
-    stream = run.setup.streams.train(stage, seed=run.cfg["seed"] * 1000 + stage.index)
+    stream = run.setup.streams.train(stage, *stage_seeds(run.cfg["seed"], stage))
     stream.set_epoch(0)
     schedule = stage.schedule.with_batches(len(stream))
     loss_fn = _loss(run, stage)
@@ -200,7 +201,7 @@ def run_stage(run: Run, stage: StageSpec, progress: dict | None) -> bool:
     while epoch < stage.epochs:
         if hasattr(loss_fn, "set_epoch"):
             loss_fn.set_epoch(epoch)
-        set_train_mode(run.model, stage.train)
+        set_train_mode(run.model, stage.train, stage.bn)
         stream.set_epoch(epoch, batch)
         done = train_epoch(acc, model, optimizer, loss_fn, run.setup.streams.iterate(stream), n_micro=len(stream),
                            epoch=epoch, start_batch=batch, schedule=schedule, global_step=run.global_step,
@@ -227,7 +228,8 @@ def _loss(run: Run, stage: StageSpec) -> torch.nn.Module:
     ranks of that sum, so the rank-averaged gradient is the one of the whole global batch."""
     acc = run.accelerator
     reduce_sum = (lambda t: acc.reduce(t, reduction="mean")) if acc.num_processes > 1 else None
-    return build_loss(stage.loss, np.asarray(stage.loss_counts), reduce_sum=reduce_sum).to(acc.device)
+    return build_loss(stage.loss, np.asarray(stage.loss_counts), reduce_sum=reduce_sum,
+                      logit_scale=run.model.classifier.scale, epochs=stage.epochs).to(acc.device)
 
 
 def _validate(run: Run, stage: StageSpec, model, epoch: int, schedule, best: float | None,
@@ -237,13 +239,22 @@ def _validate(run: Run, stage: StageSpec, model, epoch: int, schedule, best: flo
     progress.validation(epoch, val)
     run.log({"stage": stage.index, "stage_name": stage.name, "epoch": epoch,
              "step": schedule.steps_per_epoch * (epoch + 1), "global_step": run.global_step,
-             "kind": "val", "top1": val["top1"], "balanced_acc": val["balanced_acc"]})
+             "kind": "val", "top1": val["top1"], "balanced_acc": val["balanced_acc"],
+             **_group_accuracy(val)})
     score = val[run.cfg["eval"]["select_metric"]]
     if stage.select == "best" and (best is None or score > best):
         best = score
         if run.accelerator.is_main_process:
             checkpoint.save_weights(run.model, run.stage_dir(stage.index) / "best.pt")
     return best
+
+
+def _group_accuracy(val: dict) -> dict:
+    """head/middle/tail (and many/medium/few) accuracy of an EVAL, for the history: a stage that
+    drops a class and the stage that restores it show the head's loss and recovery epoch by epoch."""
+    groups = val.get("groups") or {}
+    return {g: groups[g] for g in ("head", "middle", "tail", "many", "medium", "few")
+            if isinstance(groups.get(g), (int, float))}
 
 
 def _restored_rows(run: Run, stage: StageSpec) -> dict[int, tuple[torch.Tensor, torch.Tensor]] | None:

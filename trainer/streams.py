@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from datasets.resident import ResidentStream
 from datasets.stream import ShardStream, make_loader
+from datasets.sampling import epoch_plan, sub_dataset_digest
 from datasets.stream_spec import StreamSpec
 from trainer.errors import ConfigError
 from trainer.spec.resolve import StageSpec
@@ -57,6 +59,24 @@ def per_rank_batch(global_batch: int, world: int, grad_accum: int, key: str = "d
     return global_batch // parts
 
 
+def stage_seeds(run_seed: int, stage: StageSpec) -> tuple[int, int]:
+    """(seed, draw_seed) of a stage's train stream: each stage orders and augments its own way,
+    but a fixed sub-dataset (per_class) is drawn from the run's seed alone, so the stages that
+    name the same per_class and classes share one draw (seed 000: "3b same set" as 3a)."""
+    return run_seed * 1000 + stage.index, run_seed
+
+
+def sub_dataset(labels: np.ndarray, stage: StageSpec, run_seed: int) -> dict | None:
+    """What RUN/run.json records of a stage's fixed sub-dataset (redraw stage): its size and the
+    digest of its sample ids; None where each epoch draws afresh."""
+    if stage.sampling.resolved_redraw != "stage":
+        return None
+    seed, draw_seed = stage_seeds(run_seed, stage)
+    plan = epoch_plan(labels, stage.sampling, epoch=0, total_epochs=max(1, stage.epochs), seed=seed,
+                      draw_seed=draw_seed)
+    return {"samples": len(plan), "distinct": int(np.unique(plan).size), "digest": sub_dataset_digest(plan)}
+
+
 @dataclass(frozen=True)
 class Streams:
     """Builds the train and evaluation streams of a run for this rank."""
@@ -94,12 +114,13 @@ class Streams:
             return stream
         return ShardStream(self.shards, split, spec)
 
-    def train(self, stage: StageSpec, seed: int):
-        """The stream of one stage: its sampling and augmentation, `stage.epochs` long."""
+    def train(self, stage: StageSpec, seed: int, draw_seed: int | None = None):
+        """The stream of one stage: its sampling and augmentation, `stage.epochs` long; `seed`
+        orders and augments, `draw_seed` picks a fixed sub-dataset (stage_seeds)."""
         batch = per_rank_batch(self.batch_size, self.world, stage.optim.grad_accum)
         return self.open("train", StreamSpec(batch, stage.sampling, stage.augment, self.input_size,
                                            seed, self.rank, self.world, max(1, stage.epochs),
-                                           self.equal_batches))
+                                           self.equal_batches, draw_seed))
 
     def eval(self, split: str):
         """Every sample of `split` once, unaugmented, spread over the ranks."""

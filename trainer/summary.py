@@ -15,6 +15,7 @@ import torch
 from accelerate.utils import gather_object
 
 from shards.atomic import write_json
+from trainer.streams import sub_dataset
 
 HEADLINE = ("top1", "balanced_acc", "head", "middle", "tail", "many", "medium", "few")
 
@@ -95,6 +96,7 @@ def banner(setup, sizes: dict[str, int]) -> dict:
     """Who is running what, where: printed by the main process and written to RUN/run.json.
     Collective (every rank reports its device)."""
     acc, recipe = setup.accelerator, setup.recipe
+    labels = setup.index.split("train").labels
     devices = gather_object([f"rank {acc.process_index}: {_device_name(acc.device)}"])
     info = {
         "run_dir": str(setup.run_dir), "recipe": setup.cfg["run"]["recipe"],
@@ -104,7 +106,7 @@ def banner(setup, sizes: dict[str, int]) -> dict:
         "input_size": recipe.input_size, "model": recipe.model, "range_axis": recipe.range_axis,
         "tta_views": list(recipe.tta_views),
         "split_sizes": sizes, "global_batch": setup.cfg["data"]["batch_size"],
-        "stages": stage_lengths(recipe), "notes": list(recipe.notes),
+        "stages": stage_lengths(recipe, labels, setup.cfg["seed"]), "notes": list(recipe.notes),
         "versions": {"python": platform.python_version(), "torch": torch.__version__},
     }
     if acc.is_main_process:
@@ -113,14 +115,17 @@ def banner(setup, sizes: dict[str, int]) -> dict:
     return info
 
 
-def stage_lengths(recipe) -> list[dict]:
-    """Each stage's length as the banner and RUN/run.json give it."""
+def stage_lengths(recipe, labels=None, seed: int = 0) -> list[dict]:
+    """Each stage's length as the banner and RUN/run.json give it; with the train labels, the
+    digest of each per_class stage's sub-dataset too."""
     return [{"name": s.name, "length": s.length, "epochs": s.epochs, "steps_per_epoch": s.steps_per_epoch,
-             "steps": s.total_steps} for s in recipe.stages]
+             "steps": s.total_steps,
+             "sub_dataset": None if labels is None else sub_dataset(labels, s, seed)} for s in recipe.stages]
 
 
 def format_banner(info: dict) -> str:
     stages = "; ".join(f"{s['name']} {s['steps']} steps ({s['epochs']} ep × {s['steps_per_epoch']})"
+                       + (f" on sub-dataset {s['sub_dataset']['digest']}" if s.get("sub_dataset") else "")
                        for s in info["stages"])
     sizes = ", ".join(f"{k} {v}" for k, v in info["split_sizes"].items())
     lines = [f"run {info['run_dir']}: {info['world_size']} process(es) on {', '.join(info['devices'])}, "

@@ -32,7 +32,7 @@ def dry_run(cfg: dict) -> int:
         "loader": choose_loader(cfg["data"]["loader"], pixels, device), "input_size": recipe.input_size,
         "model": recipe.model, "range_axis": recipe.range_axis, "tta_views": list(recipe.tta_views),
         "split_sizes": {s: len(index.splits[s]) for s in index.splits}, "global_batch": cfg["data"]["batch_size"],
-        "stages": stage_lengths(recipe), "notes": list(recipe.notes)}
+        "stages": stage_lengths(recipe, index.split("train").labels, cfg["seed"]), "notes": list(recipe.notes)}
     if int(os.environ.get("RANK", "0")) != 0:   # every process checked; one prints
         return 0
     print(format_banner(info))

@@ -26,6 +26,7 @@ from trainer.evaluate.ood import SCORES
 from trainer.commands.cli import export_parser
 from trainer.commands.predict import MODEL, load_scorer, run_normalizer
 from trainer.evaluate.scoring import Scorer, mean_softmax_log, tta_views
+from trainer.posthoc.batchnorm import inner, load_bn_state, stats_of
 
 SEED_REFERENCE = {"file_mb": 11.2, "latency_s": 0.0146}   # Li, Tan, Pan 2021 (team "seed 000"): Shake-Shake-26 2x32d, 2080 Ti
 
@@ -36,6 +37,9 @@ class Deployed(nn.Module):
     def __init__(self, scorer: Scorer, norm: Normalizer, score: str) -> None:
         super().__init__()
         self.model, self.classifier, self.views, self.score = scorer.model, scorer.classifier, scorer.views, score
+        if stats_of(self.classifier) is not None:   # one classifier per file: its statistics go into the model
+            load_bn_state(self.model, stats_of(self.classifier))
+            self.classifier = inner(self.classifier)
         mean = torch.tensor(norm.mean, dtype=torch.float32).view(-1, 1, 1)   # one value, or one per channel
         std = torch.tensor(norm.std, dtype=torch.float32).view(-1, 1, 1)
         self.register_buffer("scale", 1.0 / (255.0 * std))   # as datasets.stream_spec.Normalizer

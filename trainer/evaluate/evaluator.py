@@ -14,6 +14,7 @@ from torch import nn
 from trainer.evaluate.metrics import evaluate
 from trainer.evaluate.ood import ood_metrics
 from trainer.evaluate.scoring import Scorer, score_views
+from trainer.posthoc.batchnorm import stats_of, using_stats
 from trainer.streams import Streams
 
 
@@ -95,7 +96,7 @@ class Evaluator:
                 images = images.to(device, non_blocking=True)
                 if features:
                     cols["features"].append(net.features(images).float())
-                    scores = [c(cols["features"][-1]).float() for c in clfs.values()]
+                    scores = [c(_features(net, c, images, cols["features"][-1])).float() for c in clfs.values()]
                     scores = [(s, s) for s in scores] if mean_logits else scores
                 else:
                     scores = score_views(net, list(clfs.values()), images, views, mean_logits=mean_logits)
@@ -111,6 +112,15 @@ class Evaluator:
         return {k: torch.cat(v) if v else torch.zeros(shapes.get(k, (0, self.num_classes)), device=device,
                                                      dtype=torch.long if k in ("ids", "labels") else torch.float32)
                 for k, v in cols.items() if features or k != "features"}
+
+
+def _features(net: nn.Module, clf: nn.Module, images: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """The features `clf` scores: the model's, or computed with its own BatchNorm statistics."""
+    stats = stats_of(clf)
+    if stats is None:
+        return own
+    with using_stats(net, stats):
+        return net.features(images).float()
 
 
 def _gather(accelerator, tensors: dict) -> dict:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.models.heads import FullLogits
+from trainer.posthoc.batchnorm import stats_of, using_stats
 from trainer.spec.views import view_names
 
 _VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -51,13 +52,19 @@ def mean_softmax_log(logits: torch.Tensor) -> torch.Tensor:
 def score_views(model: nn.Module, classifiers: Sequence[nn.Module], x: torch.Tensor,
                 views: Sequence[str], *, mean_logits: bool = False) -> list:
     """Scores of several classifiers on the same backbone features (one backbone pass per view):
-    a classifier's logits for one view, else the log of its mean softmax over the views. With
+    a classifier's logits for one view, else the log of its mean softmax over the views. A
+    classifier with its own BatchNorm statistics (trainer.posthoc.batchnorm) gets its own
+    backbone pass with them. With
     `mean_logits`, each entry is (scores, logits averaged over the views): the input of the
     out-of-distribution scores (trainer.evaluate.ood)."""
-    feats = [model.features(v) for v in tta_views(x, views)]
+    feats: dict[int, list[torch.Tensor]] = {}   # one pass per set of BatchNorm statistics
     out = []
     for clf in classifiers:
-        logits = [clf(f).float() for f in feats]
+        stats = stats_of(clf)
+        if id(stats) not in feats:
+            with using_stats(model, stats):
+                feats[id(stats)] = [model.features(v) for v in tta_views(x, views)]
+        logits = [clf(f).float() for f in feats[id(stats)]]
         scores = logits[0] if len(logits) == 1 else mean_softmax_log(torch.stack(logits))
         out.append((scores, torch.stack(logits).mean(0)) if mean_logits else scores)
     return out

@@ -5,7 +5,8 @@ Every model has `features(x) -> [B, D]` (after global pooling), `feature_dim`,
 Inputs are [B, in_channels, S, S] floats, any S ≥ 16.
 
 `head: linear | cosine` (every model; default linear) picks the classifier: cosine is
-LDAM-DRW's normalised linear layer (cosine logits, no bias), meant for the ldam loss's s = 30.
+LDAM-DRW's normalised linear layer (no bias) whose logits are `cosine_scale` · cosine (kaidic's
+s = 30 in the recipe schema; 1 where a model card predates the key, as such heads were trained).
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ def build_model(cfg: dict, num_classes: int) -> nn.Module:
     `fusion: late` with `modality_channels: [1, 3]` builds one backbone per modality
     (trainer/models/fusion.py); otherwise one backbone takes `in_channels`."""
     cfg = dict(cfg)
+    scale = float(cfg.pop("cosine_scale", None) or 1.0)
     fusion, parts = cfg.pop("fusion", None) or "early", cfg.pop("modality_channels", None)
     if fusion not in ("early", "late"):
         raise ConfigError(f"model.fusion: {fusion!r} is not early or late")
@@ -59,7 +61,7 @@ def build_model(cfg: dict, num_classes: int) -> nn.Module:
     if head == "cosine":
         # Swapped after construction so that linear models stay bit-identical to before
         # (the constructors' RNG draws are unchanged).
-        model.classifier = Head(model.feature_dim, num_classes, normalized=True)
+        model.classifier = Head(model.feature_dim, num_classes, normalized=True, scale=scale)
     return model
 
 

@@ -6,10 +6,14 @@ Stages change which classes the head predicts (three-stage recipe: all → class
 that stay are kept bit-identical. The class list is a buffer, so a state dict carries it and
 loading a state dict with another class list reshapes the head to match.
 
-normalized=True is LDAM-DRW's NormedLinear (Cao et al. 2019): logits are cosines
-normalize(x)·normalize(w_i) in [-1, 1], with no bias; the loss applies the scale s. It has no
-bias parameter at all, so its state dict lacks "bias": loading one head kind into the other
-fails loudly instead of silently changing the logits.
+normalized=True is LDAM-DRW's NormedLinear (Cao et al. 2019): logits are s·cos(x, w_i), cosines
+normalize(x)·normalize(w_i) in [-1, 1] times the head's `scale` s, with no bias. The head, not
+the loss, carries s, so that every loss (CE, CB, focal, balanced softmax, LDAM), TTA and the
+softmax-based OOD score see the same scaled logits: unscaled cosines cap a 10-class softmax at
+e/(e + 9/e) ≈ 0.45 and CE at about 0.8. kaidic/LDAM-DRW scales in the loss
+(s·(cos − m_y)); LDAM here takes the head's scale into account (trainer.losses), so its logits
+are the same. It has no bias parameter at all, so its state dict lacks "bias": loading one head
+kind into the other fails loudly instead of silently changing the logits.
 """
 from __future__ import annotations
 
@@ -35,14 +39,21 @@ def _fresh_rows(rows: int, in_features: int, like: torch.Tensor,
 
 class Head(nn.Module):
     """Classifier whose output column i scores class `classes[i]`: linear w_i·x + b_i, or with
-    normalized=True the cosine of x and w_i (no bias)."""
+    normalized=True `scale` times the cosine of x and w_i (no bias). `scale` is a setting (in the
+    model card), not a parameter: 1 for a linear head."""
 
-    def __init__(self, in_features: int, classes: int | Iterable[int], normalized: bool = False) -> None:
+    def __init__(self, in_features: int, classes: int | Iterable[int], normalized: bool = False,
+                 scale: float = 1.0) -> None:
         super().__init__()
         ids = list(range(classes)) if isinstance(classes, int) else [int(c) for c in classes]
         _check_classes(ids)
+        if not normalized and scale != 1.0:
+            raise ConfigError(f"head: scale {scale} applies to a cosine head only")
+        if not scale > 0:
+            raise ConfigError(f"head: scale must be > 0, got {scale}")
         self.in_features = in_features
         self.normalized = bool(normalized)
+        self.scale = float(scale)
         self.register_buffer("class_ids", torch.tensor(ids, dtype=torch.long))
         weight, bias = self._fresh(len(ids), torch.empty(0))
         self.weight = nn.Parameter(weight)
@@ -56,11 +67,18 @@ class Head(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.normalized:
-            return F.linear(F.normalize(x, dim=1), F.normalize(self.weight, dim=1))
+            cos = F.linear(F.normalize(x, dim=1), F.normalize(self.weight, dim=1))
+            return cos * self.scale if self.scale != 1.0 else cos
         return F.linear(x, self.weight, self.bias)
 
+    def like(self, classes: Iterable[int] | None = None) -> "Head":
+        """A fresh head of the same kind (linear or cosine, same scale), on the same device."""
+        out = Head(self.in_features, self.classes if classes is None else classes, self.normalized, self.scale)
+        return out.to(self.weight.device)
+
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, classes={self.classes}, normalized={self.normalized}"
+        scale = f", scale={self.scale}" if self.normalized else ""
+        return f"in_features={self.in_features}, classes={self.classes}, normalized={self.normalized}{scale}"
 
     def _fresh(self, rows: int, like: torch.Tensor,
                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:

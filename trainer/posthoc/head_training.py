@@ -34,6 +34,12 @@ class HeadTrainingOptions:
     lr: float = 0.2
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    # train: the frozen backbone's BatchNorm layers re-estimate their statistics on the
+    # class-balanced batches, kept with the classifier (trainer.posthoc.batchnorm), as
+    # classifier-balancing does; eval: the model's statistics (no effect with features: cached)
+    bn: str = field(default="train", metadata={"choices": ("train", "eval")})
+    # best: the epoch with the best validation score (eval.select_metric), as the reference; last
+    select: str = field(default="best", metadata={"choices": ("best", "last")})
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,8 @@ class HeadTrainingSpec:
     lr: float
     momentum: float
     weight_decay: float
+    bn: str = "train"                  # train | eval (HeadTrainingOptions)
+    select: str = "best"               # best | last
 
     def schedule(self, batches_per_epoch: int) -> Schedule:
         return Schedule(batches_per_epoch, self.epochs, self.lr)
@@ -59,7 +67,11 @@ def head_training(name: str, options: dict, train_counts: np.ndarray, default_ep
         lengths["epochs"] = default_epochs
     per_epoch = Schedule(micro_batches(int(np.sum(train_counts)), opts.batch_size, 1), 1, opts.lr).steps_per_epoch
     epochs, _ = epochs_for(lengths, per_epoch, opts.batch_size)
-    return HeadTrainingSpec(opts.features, epochs, opts.batch_size, opts.lr, opts.momentum, opts.weight_decay)
+    for key, choices in (("bn", ("train", "eval")), ("select", ("best", "last"))):
+        if getattr(opts, key) not in choices:
+            raise ConfigError(f"posthoc.{name}.{key}: {getattr(opts, key)!r} is not one of {', '.join(choices)}")
+    return HeadTrainingSpec(opts.features, epochs, opts.batch_size, opts.lr, opts.momentum, opts.weight_decay,
+                            opts.bn, opts.select)
 
 
 class TrainedHead:
@@ -74,9 +86,11 @@ class TrainedHead:
 
 
 def train_head(head: nn.Module, batches: Batches, schedule: Schedule, *, momentum: float, weight_decay: float,
-               reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> nn.Module:
+               reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+               after_epoch: Callable[[int], None] | None = None) -> nn.Module:
     """Train `head`'s parameters that require grad, in place, for `schedule.epochs` epochs of
-    `batches(epoch)`. `reduce` averages gradients over ranks where each rank sees other batches."""
+    `batches(epoch)`. `reduce` averages gradients over ranks where each rank sees other batches;
+    `after_epoch(epoch)` runs after each epoch (validation, keeping the best)."""
     params = [p for p in head.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("head training: the head has no trainable parameters")
@@ -94,6 +108,9 @@ def train_head(head: nn.Module, batches: Batches, schedule: Schedule, *, momentu
                 group["lr"] = schedule.lr(step)
             opt.step()
             step += 1
+        if after_epoch is not None:
+            after_epoch(epoch)
+            head.train()
     return head.eval()
 
 

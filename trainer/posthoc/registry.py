@@ -12,6 +12,7 @@ from torch import nn
 
 from trainer.errors import ConfigError
 from trainer.models.heads import FullLogits, Head
+from trainer.posthoc import batchnorm
 
 _TABLE: dict[str, type["PosthocClassifier"]] = {}
 _LOADED: list[bool] = []
@@ -60,15 +61,26 @@ class PosthocClassifier:
 
 
 class HeadClassifier(PosthocClassifier):
-    """A classifier that is a linear (or cosine) `Head` over all classes: saved and loaded alike."""
+    """A classifier that is a linear (or cosine) `Head` over all classes, maybe with the
+    BatchNorm statistics it was trained with (trainer.posthoc.batchnorm): saved and loaded alike."""
 
     @classmethod
     def card(cls, clf: nn.Module) -> dict:
-        return {"normalized": clf.head.normalized}
+        return {**head_card(batchnorm.inner(clf).head), **batchnorm.card(clf)}
 
     @classmethod
     def empty(cls, card: dict, feature_dim: int, num_classes: int) -> nn.Module:
-        return FullLogits(Head(feature_dim, num_classes, card.get("normalized", False)), num_classes)
+        return batchnorm.rewrap(card, FullLogits(head_from_card(card, feature_dim, num_classes), num_classes))
+
+
+def head_card(head: Head) -> dict:
+    """What rebuilds a head's kind: cosine or not, and the cosine head's scale."""
+    return {"normalized": head.normalized, "scale": head.scale}
+
+
+def head_from_card(card: dict, feature_dim: int, num_classes: int) -> Head:
+    """An empty head of the kind `head_card` recorded (scale 1: saved before heads carried it)."""
+    return Head(feature_dim, num_classes, card.get("normalized", False), card.get("scale", 1.0))
 
 
 def table() -> dict[str, type[PosthocClassifier]]:

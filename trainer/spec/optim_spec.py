@@ -13,6 +13,6 @@ class OptimSpec:
     nesterov: bool = True
     weight_decay: float = 5e-4
     warmup_epochs: float = 0.0
-    schedule: str = "cosine"          # cosine | constant
+    schedule: str = "cosine"          # cosine | constant | step (trainer.spec.schedule)
     min_lr: float = 0.0
     grad_accum: int = 1

@@ -27,7 +27,7 @@ from trainer.losses import build_loss
 from trainer.spec.views import view_names
 
 REBALANCING_KINDS = ("class", "sqrt", "progressive")
-REBALANCING_LOSSES = ("cb", "balanced_softmax")
+REBALANCING_LOSSES = ("cb", "balanced_softmax", "logit_adjusted")
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class StageSpec:
     optim: OptimSpec
     classifiers: tuple[str, ...]
     select: str                        # last | best
+    bn: str = "eval"                   # eval | train: a frozen backbone's BatchNorm statistics
 
     @property
     def epochs(self) -> int:
@@ -169,20 +170,20 @@ def _stage(cfg: dict, i: int, st: dict, head: list[int], counts: np.ndarray) -> 
     trained = np.zeros(n, dtype=bool)
     trained[sampled] = True
     loss_counts = tuple(int(c) for c in np.where(trained, counts, 0))
-    try:
-        build_loss(st["loss"], np.asarray(loss_counts))
-    except (ValueError, TypeError, KeyError, ConfigError) as e:
-        raise ConfigError(f"{where}.loss: {e}") from None
     optim, batch = _optim(cfg, st), cfg["data"]["batch_size"]
     schedule = Schedule(micro_batches(_epoch_samples(counts, sampling, where), batch, optim.grad_accum), 1,
                         optim.lr, optim.grad_accum, optim.warmup_epochs, optim.schedule, optim.min_lr)
     epochs, length = epochs_for(st, schedule.steps_per_epoch, batch)
+    try:
+        build_loss(st["loss"], np.asarray(loss_counts), epochs=epochs)
+    except (ValueError, TypeError, KeyError, ConfigError) as e:
+        raise ConfigError(f"{where}.loss: {e}") from None
     return StageSpec(
         index=i, name=st["name"], length=length, schedule=replace(schedule, epochs=epochs),
         sampling=sampling, augment=augment, train=st["train"], head_change=st["head"],
         expand_rows=st["expand_rows"], head_classes=tuple(head), loss=dict(st["loss"]),
         loss_counts=loss_counts, optim=optim, classifiers=tuple(st["classifiers"]),
-        select=st["select"]), head
+        select=st["select"], bn=st["bn"]), head
 
 
 def _make(where: str, make, value):
@@ -242,8 +243,9 @@ def _double_correction(where: str, st: dict) -> list[str]:
         fixes.append(f"loss.name={loss['name']}")
     if loss.get("reweight", "none") != "none":
         fixes.append(f"loss.reweight={loss['reweight']}")
-    if loss.get("drw_epoch") is not None:
-        fixes.append(f"loss.drw_epoch={loss['drw_epoch']}")
+    for key in ("drw_epoch", "drw_at"):
+        if loss.get(key) is not None:
+            fixes.append(f"loss.{key}={loss[key]}")
     if not (rebalanced and fixes):
         return []
     how = f"sampler.per_class={s['per_class']}" if s["per_class"] is not None else f"sampler.kind={s['kind']}"

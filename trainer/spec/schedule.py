@@ -20,7 +20,7 @@ class Schedule:
     lr_max: float
     grad_accum: int = 1
     warmup_epochs: float = 0.0
-    kind: str = "cosine"      # cosine | constant
+    kind: str = "cosine"      # cosine | constant | step
     lr_min: float = 0.0
 
     @property
@@ -40,12 +40,17 @@ class Schedule:
         return replace(self, micro_per_epoch=micro_per_epoch)
 
     def lr(self, step: int) -> float:
-        """Linear warmup, then cosine (or constant) down to lr_min."""
+        """Linear warmup, then cosine down to lr_min, constant, or step: ×0.01 from 80% of the
+        stage's steps and ×0.0001 from 90% (kaidic/LDAM-DRW's CIFAR schedule, epochs 160 and
+        180 of 200; lr_min is not used)."""
         warm = self.warmup_steps
         if warm > 0 and step < warm:
             return self.lr_max * (step + 1) / warm
         if self.kind == "constant":
             return self.lr_max
+        if self.kind == "step":
+            done = step / max(1, self.total_steps)
+            return self.lr_max * (1e-4 if done >= 0.9 else 1e-2 if done >= 0.8 else 1.0)
         t = min(1.0, (step - warm) / max(1, self.total_steps - warm))
         return self.lr_min + (self.lr_max - self.lr_min) * 0.5 * (1 + math.cos(math.pi * t))
 

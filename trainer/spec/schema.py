@@ -69,7 +69,7 @@ SAMPLER = section(SamplingSpec, kind=field(str, "instance", SAMPLING_KINDS),
 AUGMENT = section(AugmentSpec, rotate=field(str, "none", ROTATIONS),
                   hflip=auto_bool(False), vflip=auto_bool(False),   # auto: when the mirror keeps the look direction
                   crop_scale=field(list, [1.0, 1.0], item_type=float))
-OPTIM = {**section(OptimSpec, schedule=field(str, "cosine", ["cosine", "constant"])),
+OPTIM = {**section(OptimSpec, schedule=field(str, "cosine", ["cosine", "constant", "step"])),
          "precision": field(str, "auto", ["auto", "no", "bf16", "fp16"])}
 # Per-stage optimizer overrides: same keys, every one optional (None = take the global value).
 STAGE_OPTIM = {k: field(f.types, None, f.choices, True, f.item_type) for k, f in OPTIM.items()
@@ -89,6 +89,9 @@ STAGE = {
     "optim": STAGE_OPTIM,
     "classifiers": field(list, [], item_type=str),
     "select": field(str, "last", ["last", "best"]),
+    # a frozen backbone's BatchNorm (train: classifier | last_block): eval keeps its statistics;
+    # train re-estimates them on this stage's batches, as classifier-balancing's cRT does
+    "bn": field(str, "eval", ["eval", "train"]),
 }
 LIGHT_SCHEMA = {
     "seed": field(int, 0),
@@ -114,6 +117,7 @@ LIGHT_SCHEMA = {
         "depth": field(int, 26),
         "width": field(int, 32),
         "head": field(str, "auto", ["auto", "linear", "cosine"]),  # auto: cosine for LDAM (its authors')
+        "cosine_scale": field(float, 30.0),   # s of a cosine head: logits s·cos (LDAM-DRW's s)
         "fusion": field(str, "early", ["early", "late"]),  # several modalities: stacked channels, or a backbone each
     },
     "optim": OPTIM,

@@ -28,7 +28,7 @@ def apply_head(model: nn.Module, stage: StageSpec, num_classes: int,
     elif stage.head_change == "reset":
         head.subset(head.classes)  # same classes …
         with torch.no_grad():       # … fresh rows, initialised like nn.Linear
-            fresh = type(head)(head.in_features, head.classes, head.normalized).to(head.weight.device)
+            fresh = head.like()
             head.weight.copy_(fresh.weight)
             if head.bias is not None:
                 head.bias.copy_(fresh.bias)
@@ -55,10 +55,16 @@ def set_trainable(model: nn.Module, train: str) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def set_train_mode(model: nn.Module, train: str) -> None:
+def set_train_mode(model: nn.Module, train: str, bn: str = "eval") -> None:
     """Frozen modules stay in eval mode, so their BatchNorm running statistics do not move
-    (and Shake-Shake uses its deterministic evaluation mix in a frozen backbone)."""
+    (and Shake-Shake uses its deterministic evaluation mix in a frozen backbone); bn: train puts
+    the BatchNorm layers of the frozen part in train mode, which re-estimates their statistics
+    on the stage's batches (classifier-balancing's cRT) and leaves Shake-Shake's mix alone."""
     model.eval()
+    if bn == "train":
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.train()
     for m in trainable_modules(model, train):
         m.train()
 

@@ -1,5 +1,7 @@
 """cRT, classifier re-training: a freshly initialised linear head over all classes, trained
-class-balanced on the frozen representation (classifier-balancing's default: 10 epochs)."""
+class-balanced on the frozen representation (classifier-balancing's default: 10 epochs), with
+the backbone's BatchNorm statistics re-estimated on those batches and the best validation epoch
+kept, as the reference does (posthoc.crt.bn, .select)."""
 from __future__ import annotations
 
 import torch
@@ -20,4 +22,4 @@ class CRT(TrainedHead, HeadClassifier):
         torch.manual_seed(ctx.seed)
         head = Head(ctx.feature_dim, ctx.num_classes).to(ctx.device)
         head = ctx.train_head(head, settings)
-        return FullLogits(head.eval().cpu(), ctx.num_classes), {}
+        return ctx.finish(FullLogits(head.eval().cpu(), ctx.num_classes)), dict(ctx.trained)

@@ -11,7 +11,7 @@ from torch import nn
 from trainer.evaluate.metrics import evaluate
 from trainer.models.heads import FullLogits, Head
 from trainer.posthoc.classifiers.tau_norm import TauSearch
-from trainer.posthoc.registry import HeadClassifier
+from trainer.posthoc.registry import HeadClassifier, head_card, head_from_card
 
 
 class LogitAdjusted(nn.Module):
@@ -56,8 +56,8 @@ class LogitAdjust(TauSearch, HeadClassifier):
 
     @classmethod
     def card(cls, clf: nn.Module) -> dict:
-        return {"normalized": clf.head.head.normalized}
+        return head_card(clf.head.head)
 
     @classmethod
     def empty(cls, card: dict, feature_dim: int, num_classes: int) -> nn.Module:
-        return LogitAdjusted(Head(feature_dim, num_classes, card.get("normalized", False)), num_classes)
+        return LogitAdjusted(head_from_card(card, feature_dim, num_classes), num_classes)

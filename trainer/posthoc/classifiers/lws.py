@@ -51,4 +51,4 @@ class LearnableWeightScaling(TrainedHead, HeadClassifier):
     @classmethod
     def fit(cls, ctx, settings: HeadTrainingSpec) -> tuple[nn.Module, dict]:
         scaled = ctx.train_head(LWS(ctx.linear_head()).to(ctx.device), settings)
-        return FullLogits(scaled.to_head().eval().cpu(), ctx.num_classes), {}
+        return ctx.finish(FullLogits(scaled.to_head().eval().cpu(), ctx.num_classes)), dict(ctx.trained)

@@ -33,7 +33,7 @@ def tau_normalize(weight: torch.Tensor, tau: float) -> torch.Tensor:
 def tau_normalized_head(head: Head, tau: float, keep_bias: bool = False) -> Head:
     """A copy of `head` with τ-normalised rows (bias zeroed unless keep_bias). A cosine head
     (normalized=True) already scores with unit rows and has no bias, so τ changes nothing there."""
-    out = Head(head.in_features, head.classes, normalized=head.normalized).to(head.weight.device)
+    out = head.like()
     with torch.no_grad():
         out.weight.copy_(tau_normalize(head.weight, tau))
         if out.bias is not None:
