@@ -181,7 +181,7 @@ def test_compare_with_a_real_tiny_run(tmp_path: Path, tiny_shards: Path) -> None
     recipe = RECIPES_DIR / "decoupled_mini.yaml"
     root = tmp_path / "runs"
     cmd = [sys.executable, "-m", "trainer", "compare", str(recipe), f"data.shards={tiny_shards}",
-           "stages.0.epochs=1", "model.width=4", "data.batch_size=16", "data.num_workers=0",
+           "stages.0.epochs=1", "posthoc.crt.steps=4", "posthoc.lws.steps=4", "model.width=4", "data.batch_size=16", "data.num_workers=0",
            "run.progress_bar=false", "--seeds", "1", "--runs-root", str(root)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
