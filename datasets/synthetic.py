@@ -23,6 +23,7 @@ import io
 import json
 import multiprocessing as mp
 import os
+import sys
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -246,7 +247,7 @@ def _render_all(out: Path, plan: Plan, seed: int, look: str, *, workers: int, pr
     """Every train, test and ood chip, in chunks, in this process or a pool of `workers`."""
     tasks = _tasks(plan, chunk)
     bar = tqdm(total=sum(plan.size(s) for s in ("train", "test", "ood")), unit="chip",
-               disable=not progress, desc="synth")
+               disable=not progress or not sys.stderr.isatty(), desc="synth")   # a log file gets the summary line
     if workers <= 1:
         _init_worker(out, plan, seed, look, eo)
         for task in tasks:
