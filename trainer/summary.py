@@ -95,18 +95,14 @@ def format_ood(name: str, ood: dict) -> str:
 def banner(setup, sizes: dict[str, int]) -> dict:
     """Who is running what, where: printed by the main process and written to RUN/run.json.
     Collective (every rank reports its device)."""
-    acc, recipe = setup.accelerator, setup.recipe
-    labels = setup.index.split("train").labels
+    acc = setup.accelerator
     devices = gather_object([f"rank {acc.process_index}: {_device_name(acc.device)}"])
     info = {
         "run_dir": str(setup.run_dir), "recipe": setup.cfg["run"]["recipe"],
         "world_size": acc.num_processes, "devices": list(devices), **_where(),
         "threads": getattr(setup, "threads", ""),
-        "precision": acc.mixed_precision, "loader": setup.streams.kind,
-        "input_size": recipe.input_size, "model": recipe.model, "range_axis": recipe.range_axis,
-        "tta_views": list(recipe.tta_views),
-        "split_sizes": sizes, "global_batch": setup.cfg["data"]["batch_size"],
-        "stages": stage_lengths(recipe, labels, setup.cfg["seed"]), "notes": list(recipe.notes),
+        "precision": acc.mixed_precision, "loader": setup.streams.kind, "split_sizes": sizes,
+        **recipe_summary(setup.recipe, setup.cfg, setup.index.split("train").labels),
         "versions": {"python": platform.python_version(), "torch": torch.__version__},
     }
     if acc.is_main_process:
@@ -115,12 +111,15 @@ def banner(setup, sizes: dict[str, int]) -> dict:
     return info
 
 
-def stage_lengths(recipe, labels=None, seed: int = 0) -> list[dict]:
-    """Each stage's length as the banner and RUN/run.json give it; with the train labels, the
-    digest of each per_class stage's sub-dataset too."""
-    return [{"name": s.name, "length": s.length, "epochs": s.epochs, "steps_per_epoch": s.steps_per_epoch,
-             "steps": s.total_steps,
-             "sub_dataset": None if labels is None else sub_dataset(labels, s, seed)} for s in recipe.stages]
+def recipe_summary(recipe, cfg: dict, labels) -> dict:
+    """What the banner and RUN/run.json say of the resolved recipe (a real run and --dry-run):
+    input, model, views, batch, notes, and each stage's length and fixed sub-dataset digest."""
+    stages = [{"name": s.name, "length": s.length, "epochs": s.epochs, "steps_per_epoch": s.steps_per_epoch,
+               "steps": s.total_steps, "sub_dataset": sub_dataset(labels, s, cfg["seed"])}
+              for s in recipe.stages]
+    return {"input_size": recipe.input_size, "model": recipe.model, "range_axis": recipe.range_axis,
+            "tta_views": list(recipe.tta_views), "global_batch": cfg["data"]["batch_size"],
+            "stages": stages, "notes": list(recipe.notes)}
 
 
 def format_banner(info: dict) -> str:

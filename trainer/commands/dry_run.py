@@ -12,7 +12,7 @@ import torch
 from trainer.preflight import check_existing_run, open_shards
 from trainer.spec.resolve import resolve
 from trainer.streams import choose_loader, per_rank_batch
-from trainer.summary import format_banner, stage_lengths
+from trainer.summary import format_banner, recipe_summary
 from trainer.threads import apply_threads
 
 
@@ -29,10 +29,9 @@ def dry_run(cfg: dict) -> int:
     info = {
         "run_dir": cfg["run"]["dir"], "world_size": world, "devices": [f"{device.type} (not started: dry run)"],
         "hosts": [platform.node()], "master": [""], "threads": threads, "precision": cfg["optim"]["precision"],
-        "loader": choose_loader(cfg["data"]["loader"], pixels, device), "input_size": recipe.input_size,
-        "model": recipe.model, "range_axis": recipe.range_axis, "tta_views": list(recipe.tta_views),
-        "split_sizes": {s: len(index.splits[s]) for s in index.splits}, "global_batch": cfg["data"]["batch_size"],
-        "stages": stage_lengths(recipe, index.split("train").labels, cfg["seed"]), "notes": list(recipe.notes)}
+        "loader": choose_loader(cfg["data"]["loader"], pixels, device),
+        "split_sizes": {s: len(index.splits[s]) for s in index.splits},
+        **recipe_summary(recipe, cfg, index.split("train").labels)}
     if int(os.environ.get("RANK", "0")) != 0:   # every process checked; one prints
         return 0
     print(format_banner(info))
