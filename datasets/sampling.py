@@ -164,7 +164,7 @@ def _rngs(spec: SamplingSpec, seed: int, epoch: int,
     both, exactly as before the option existed, so earlier runs keep their plans; "stage"
     draws from a stream of `draw_seed` (default `seed`) without the epoch, so every epoch of the
     stage gets the same draws, and stages given one draw_seed and the same per_class and class
-    filter draw the same sub-dataset (seed 000's stages 3a and 3b)."""
+    filter draw the same sub-dataset (Li, Tan & Pan's stages 3a and 3b)."""
     order = np.random.default_rng(np.random.SeedSequence([seed, epoch, 0x5A4D]))
     if spec.resolved_redraw == "stage":
         fixed = seed if draw_seed is None else draw_seed

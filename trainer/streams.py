@@ -62,7 +62,7 @@ def per_rank_batch(global_batch: int, world: int, grad_accum: int, key: str = "d
 def stage_seeds(run_seed: int, stage: StageSpec) -> tuple[int, int]:
     """(seed, draw_seed) of a stage's train stream: each stage orders and augments its own way,
     but a fixed sub-dataset (per_class) is drawn from the run's seed alone, so the stages that
-    name the same per_class and classes share one draw (seed 000: "3b same set" as 3a)."""
+    name the same per_class and classes share one draw (Li, Tan & Pan: 3b on the same set as 3a)."""
     return run_seed * 1000 + stage.index, run_seed
 
 

@@ -28,7 +28,7 @@ from trainer.commands.predict import MODEL, load_scorer, run_normalizer
 from trainer.evaluate.scoring import Scorer, mean_softmax_log, tta_views
 from trainer.posthoc.batchnorm import inner, load_bn_state, stats_of
 
-SEED_REFERENCE = {"file_mb": 11.2, "latency_s": 0.0146}   # Li, Tan, Pan 2021 (team "seed 000"): Shake-Shake-26 2x32d, 2080 Ti
+SEED_REFERENCE = {"file_mb": 11.2, "latency_s": 0.0146}   # Li, Tan & Pan 2021: Shake-Shake-26 2x32d, 2080 Ti
 
 
 class Deployed(nn.Module):
